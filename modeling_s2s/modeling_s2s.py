@@ -613,32 +613,59 @@ class S2SDecoder(nn.Module):
         self_context, self_weights = self._self_attend(rnn_output, cache, decoder_attention_mask)
         return self._attentional_vector(rnn_output, context, self_context), cross_weights, self_weights
 
+    def _step_weights(self) -> list[tuple[torch.Tensor, ...]]:
+        """Per layer (w_ih, w_hh, b_ih, b_hh) of `self.rnn`, the same parameters the fused path uses."""
+        rnn = self.rnn
+        return [
+            tuple(getattr(rnn, f"{name}_l{layer}") for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"))
+            for layer in range(rnn.num_layers)
+        ]
+
     def _forward_steps(self, embeddings, cache, source_mask, decoder_attention_mask):
-        """One RNN step per target position (input feeding and/or Bahdanau attention)."""
-        state = self._to_rnn_state(cache)
+        """One RNN step per target position (input feeding, Bahdanau, and incremental generation).
+
+        The cell is computed from `self.rnn`'s parameters (`_lstm_cell`/`_gru_cell`). The embeddings' share of the
+        first layer's gates is projected for all T steps in one matmul; only the recurrent part, input feed and
+        Bahdanau context are per-step work.
+        """
+        weights = self._step_weights()
+        embedding_size = embeddings.shape[-1]
+        w_ih0, w_hh0, b_ih0, b_hh0 = weights[0]
+        embedding_gates = F.linear(embeddings, w_ih0[:, :embedding_size], b_ih0)  # (B, T, G)
+        w_extra = w_ih0[:, embedding_size:]  # input feed and/or Bahdanau context columns
+        cell_fn = _lstm_cell if self.config.cell_type == "lstm" else _gru_cell
+        hidden = list(cache.hidden.unbind(1))
+        cell = list(cache.cell.unbind(1)) if cache.cell is not None else [None] * len(hidden)
         input_feed = cache.input_feed
         bahdanau = self.config.attention_style == "bahdanau"
         outputs, cross_weights, self_weights = [], [], []
         for t in range(embeddings.shape[1]):
-            rnn_inputs = [embeddings[:, t : t + 1]]
-            if input_feed is not None:
-                rnn_inputs.append(input_feed.unsqueeze(1))
+            extra_inputs = [] if input_feed is None else [input_feed]
             if bahdanau:
-                previous_top = (state[0] if isinstance(state, tuple) else state)[-1].unsqueeze(1)  # (B, 1, H)
-                context, weights = self.attention.attend(previous_top, cache.source_memory, value_mask=source_mask)
-                rnn_inputs.append(context)
-            rnn_output, state = self.rnn(torch.cat(rnn_inputs, dim=-1), state)  # (B, 1, H)
+                query = hidden[-1].unsqueeze(1)  # previous top-layer state: (B, 1, H)
+                context, weights_t = self.attention.attend(query, cache.source_memory, value_mask=source_mask)
+                extra_inputs.append(context.squeeze(1))
+            gates = embedding_gates[:, t]
+            if extra_inputs:
+                gates = gates + F.linear(torch.cat(extra_inputs, dim=-1), w_extra)
+            for layer, (w_ih, w_hh, b_ih, b_hh) in enumerate(weights):
+                if layer > 0:
+                    below = F.dropout(hidden[layer - 1], self.rnn.dropout, self.training)
+                    gates = F.linear(below, w_ih, b_ih)
+                hidden[layer], cell[layer] = cell_fn(gates, hidden[layer], cell[layer], w_hh, b_hh)
+            rnn_output = hidden[-1].unsqueeze(1)  # (B, 1, H)
             if not bahdanau:
-                context, weights = self.attention.attend(rnn_output, cache.source_memory, value_mask=source_mask)
+                context, weights_t = self.attention.attend(rnn_output, cache.source_memory, value_mask=source_mask)
             step_mask = decoder_attention_mask[:, t : t + 1] if decoder_attention_mask is not None else None
             self_context, self_weight = self._self_attend(rnn_output, cache, step_mask)
             output = self._attentional_vector(rnn_output, context, self_context)  # (B, 1, H)
             if input_feed is not None:
                 input_feed = output.squeeze(1)
             outputs.append(output)
-            cross_weights.append(weights)
+            cross_weights.append(weights_t)
             self_weights.append(self_weight)
-        self._store_rnn_state(cache, state)
+        cache.hidden = torch.stack(hidden, dim=1)
+        cache.cell = torch.stack(cell, dim=1) if cell[0] is not None else None
         cache.input_feed = input_feed
         self_attention = _cat_ragged(self_weights) if self.self_attention is not None else None
         return torch.cat(outputs, dim=1), torch.cat(cross_weights, dim=2), self_attention
@@ -666,7 +693,9 @@ class S2SDecoder(nn.Module):
         check_token_ids(input_ids, self.config.decoder_vocab_size, "decoder_input_ids")
         cache = past_key_values if past_key_values is not None else self.init_cache(encoder_outputs, encoder_attention_mask)
         embeddings = self.embedding_dropout(self.embed_tokens(input_ids))
-        drive = self._forward_fused if self.config.fused_decoder else self._forward_steps
+        # Fused only pays off over several positions; a single position (generation) takes the step path.
+        fused = self.config.fused_decoder and input_ids.shape[1] > 1
+        drive = self._forward_fused if fused else self._forward_steps
         outputs, cross_weights, self_weights = drive(embeddings, cache, encoder_attention_mask, decoder_attention_mask)
         cache.seen_tokens += input_ids.shape[1]
         return S2SDecoderOutput(
@@ -676,6 +705,24 @@ class S2SDecoder(nn.Module):
             attentions=(self_weights,) if output_attentions and self_weights is not None else None,
             cross_attentions=(cross_weights,) if output_attentions else None,
         )
+
+
+def _lstm_cell(gates_x, hidden, cell, w_hh, b_hh):
+    """One LSTM step with PyTorch's gate order (i, f, g, o). gates_x: (B, 4H) input share incl. b_ih."""
+    gates = gates_x + F.linear(hidden, w_hh, b_hh)
+    in_gate, forget_gate, candidate, out_gate = gates.chunk(4, dim=1)
+    cell = torch.sigmoid(forget_gate) * cell + torch.sigmoid(in_gate) * torch.tanh(candidate)
+    return torch.sigmoid(out_gate) * torch.tanh(cell), cell
+
+
+def _gru_cell(gates_x, hidden, cell, w_hh, b_hh):
+    """One GRU step with PyTorch's gate order (r, z, n); `cell` is unused (None)."""
+    x_reset, x_update, x_new = gates_x.chunk(3, dim=1)
+    h_reset, h_update, h_new = F.linear(hidden, w_hh, b_hh).chunk(3, dim=1)
+    reset = torch.sigmoid(x_reset + h_reset)
+    update = torch.sigmoid(x_update + h_update)
+    candidate = torch.tanh(x_new + reset * h_new)
+    return (1 - update) * candidate + update * hidden, None
 
 
 def _cat_ragged(step_weights: list[torch.Tensor]) -> torch.Tensor:
