@@ -1,0 +1,21 @@
+#!/usr/bin/env python
+"""Train and evaluate an attention RNN translation model with Seq2SeqTrainer (like transformers' run_translation.py).
+
+    python scripts/train.py configuration/recipes/quick.yaml                 # embedded Multi30k de→en
+    python scripts/train.py configuration/recipes/quick.yaml --num_train_epochs 1 --output_dir outputs/try
+    python scripts/train.py --train_file data/train.jsonl --validation_file data/val.jsonl \
+        --source_lang en --target_lang fr --output_dir outputs/en-fr --do_train --do_eval --predict_with_generate
+
+All arguments: `python scripts/train.py --help` (model, data and Seq2SeqTrainingArguments).
+"""
+
+from modeling_s2s.training import parse_arguments, run_training
+
+
+def main() -> None:
+    model_args, data_args, training_args = parse_arguments()
+    run_training(model_args, data_args, training_args)
+
+
+if __name__ == "__main__":
+    main()
