@@ -31,6 +31,7 @@ from transformers.trainer_utils import get_last_checkpoint
 
 from .configuration_s2s import S2SConfig
 from .modeling_s2s import S2SForConditionalGeneration
+from .pipeline_s2s import save_for_pipeline
 
 logger = logging.getLogger("modeling_s2s.training")
 
@@ -314,7 +315,8 @@ def run_training(
         output_dir.mkdir(parents=True, exist_ok=True)
         model.generation_config.num_beams = data_args.eval_num_beams
         model.generation_config.length_penalty = data_args.eval_length_penalty
-        trainer.save_model()
+        # weights, config (auto_map + custom_pipelines), module files, tokenizer: a Hub-ready, pipeline-ready dir
+        save_for_pipeline(trainer.accelerator.unwrap_model(model), tokenizer, output_dir, task="translation")
         (output_dir / "all_results.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
         _write_model_card(output_dir, model, data_args, training_args, metrics, hub_model_id)
         if push_to_hub:
