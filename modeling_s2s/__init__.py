@@ -17,6 +17,7 @@ from .modeling_s2s import (
     S2SPreTrainedModel,
     shift_tokens_right,
 )
+from .pipeline_s2s import S2STextToTextPipeline, register_pipeline, save_for_pipeline
 
 AutoConfig.register(S2SConfig.model_type, S2SConfig, exist_ok=True)
 AutoModel.register(S2SConfig, S2SModel, exist_ok=True)
@@ -24,6 +25,7 @@ AutoModelForSeq2SeqLM.register(S2SConfig, S2SForConditionalGeneration, exist_ok=
 S2SConfig.register_for_auto_class()
 S2SModel.register_for_auto_class("AutoModel")
 S2SForConditionalGeneration.register_for_auto_class("AutoModelForSeq2SeqLM")
+register_pipeline()  # pipeline("s2s-text2text", model=...)
 
 __version__ = "0.1.0"
 
@@ -36,5 +38,7 @@ __all__ = [
     "S2SForConditionalGeneration",
     "S2SModel",
     "S2SPreTrainedModel",
+    "S2STextToTextPipeline",
+    "save_for_pipeline",
     "shift_tokens_right",
 ]
