@@ -82,6 +82,18 @@ def _token_ids(array: Any, pad_token_id: int, what: str) -> np.ndarray:
     return np.where(ids < 0, pad_token_id, ids).astype(np.int64)
 
 
+def _mean_generated_length(ids: np.ndarray, pad_token_id: int, eos_token_id: int | None) -> float:
+    """Mean count of non-pad tokens up to and including the first ``</s>`` of each row (beam search fills
+    finished rows with ``</s>``, which must not count)."""
+    lengths = np.count_nonzero(ids != pad_token_id, axis=1)
+    if eos_token_id is not None:
+        is_eos = ids == eos_token_id
+        first_eos = np.where(is_eos.any(axis=1), is_eos.argmax(axis=1) + 1, ids.shape[1])
+        real = np.arange(ids.shape[1])[None, :] < first_eos[:, None]
+        lengths = np.count_nonzero((ids != pad_token_id) & real, axis=1)
+    return float(np.mean(lengths))
+
+
 def make_compute_metrics(
     tokenizer: PreTrainedTokenizerBase,
 ) -> Callable[[EvalPrediction], dict[str, float]]:
@@ -90,8 +102,8 @@ def make_compute_metrics(
     The returned function decodes the generated ids and the labels with ``tokenizer`` (the *target* tokenizer
     when vocabularies are separate), after replacing ``-100`` by the pad id, with ``skip_special_tokens=True``,
     strips the texts, and returns ``{"bleu", "chrf", "gen_len"}`` where ``gen_len`` is the mean number of
-    non-pad tokens per generated sequence (as in the transformers translation example; it includes the
-    decoder start and ``</s>`` tokens).
+    non-pad tokens per generated sequence up to its first ``</s>`` (it includes the decoder start and that
+    ``</s>``).
     """
     pad_token_id = tokenizer.pad_token_id
     if pad_token_id is None:
@@ -110,7 +122,7 @@ def make_compute_metrics(
         ]
         decoded_labels = [t.strip() for t in tokenizer.batch_decode(label_ids, skip_special_tokens=True)]
         scores = compute_translation_metrics(decoded_predictions, decoded_labels)
-        scores["gen_len"] = float(np.mean(np.count_nonzero(prediction_ids != pad_token_id, axis=1)))
+        scores["gen_len"] = _mean_generated_length(prediction_ids, pad_token_id, tokenizer.eos_token_id)
         return scores
 
     return compute_metrics

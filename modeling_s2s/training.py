@@ -274,6 +274,12 @@ def run_training(
     from .evaluation import make_compute_metrics
 
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available() and not training_args.use_cpu:
+        # Without use_cpu, torchrun on a CPU-only machine trains independent copies (transformers only warns).
+        raise ValueError(
+            f"WORLD_SIZE={os.environ['WORLD_SIZE']} processes on a machine without CUDA need --use_cpu true so that "
+            "they train one model together (gloo DDP)."
+        )
     push_to_hub, hub_model_id = training_args.push_to_hub, training_args.hub_model_id
     if push_to_hub and not hub_model_id:
         raise ValueError("--push_to_hub needs --hub_model_id (e.g. your-name/rnn-attention-de-en).")

@@ -141,3 +141,12 @@ def test_make_compute_metrics_rejects_logits(tokenizer):
         make_compute_metrics(tokenizer)(
             EvalPrediction(predictions=logits, label_ids=np.zeros((2, 5), dtype=int))
         )
+
+
+def test_gen_len_stops_at_the_first_eos_of_beam_filled_rows(tokenizer):
+    labels = [tokenizer(text_target=r)["input_ids"] for r in REFERENCES]
+    generated = [[tokenizer.bos_token_id] + tokenizer(p)["input_ids"] for p in PREDICTIONS]
+    # beam search fills finished rows with </s> instead of padding when pad_token_id is 0
+    filled = _pad(generated, EOS_ID)
+    scores = make_compute_metrics(tokenizer)(EvalPrediction(predictions=filled, label_ids=_pad(labels, -100)))
+    assert scores["gen_len"] == pytest.approx(np.mean([len(g) for g in generated]))
