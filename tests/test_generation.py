@@ -1,0 +1,273 @@
+"""`generate()`: the recurrent cache gives the same result as recomputing, padding and batching never change an
+output, beam search keeps its cache consistent with the beams, and the generation options are honoured."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import BOS, EOS, GRID, PAD, assert_same_generation, grid_id, make_model, random_ids
+
+from modeling_s2s import S2SDecoderCache
+from modeling_s2s.modeling_s2s import AttentionMemory
+
+SOURCE_LENGTHS = [6, 3, 5]
+ATOL = 1e-5
+
+
+def _generate(model, ids, mask=None, **kwargs):
+    kwargs.setdefault("num_beams", 1)
+    kwargs.setdefault("max_new_tokens", 6)
+    with torch.no_grad():
+        return model.generate(input_ids=ids, attention_mask=mask, **kwargs)
+
+
+def _teacher_forced_log_prob(model, ids, sequence):
+    """Sum of log p(token) over the generated tokens of `sequence` (start token first), up to the first `</s>`."""
+    generated = sequence[1:].tolist()
+    if EOS in generated:
+        generated = generated[: generated.index(EOS) + 1]
+    decoder_input_ids = torch.tensor([[sequence[0].item(), *generated[:-1]]])
+    with torch.no_grad():
+        logits = model(input_ids=ids, decoder_input_ids=decoder_input_ids).logits[0]
+    return logits.log_softmax(-1).gather(-1, torch.tensor(generated)[:, None]).sum()
+
+
+@pytest.mark.parametrize("options", GRID, ids=grid_id)
+def test_cached_generation_equals_uncached(options):
+    model = make_model(**options)
+    ids, mask = random_ids(SOURCE_LENGTHS)
+    for num_beams in (1, 3):
+        cached = _generate(model, ids, mask, num_beams=num_beams, use_cache=True)
+        uncached = _generate(model, ids, mask, num_beams=num_beams, use_cache=False)
+        assert torch.equal(cached, uncached), (num_beams, cached, uncached)
+
+
+@pytest.mark.parametrize("options", [GRID[2], GRID[6], GRID[7], GRID[12]], ids=grid_id)
+@pytest.mark.parametrize("num_beams", [1, 3])
+def test_batched_padded_generation_equals_each_sequence_alone(options, num_beams):
+    model = make_model(**options)
+    ids, mask = random_ids(SOURCE_LENGTHS)
+    batched = _generate(model, ids, mask, num_beams=num_beams)
+    derived_mask = _generate(model, ids, None, num_beams=num_beams)
+    assert torch.equal(derived_mask, batched)
+    for row, length in enumerate(SOURCE_LENGTHS):
+        alone = _generate(model, ids[row : row + 1, :length], num_beams=num_beams)[0]
+        assert_same_generation(batched[row], alone)
+
+
+def test_generate_from_precomputed_encoder_outputs():
+    model = make_model(**GRID[4])
+    ids, mask = random_ids(SOURCE_LENGTHS)
+    with torch.no_grad():
+        encoder_outputs = model.get_encoder()(input_ids=ids, attention_mask=mask)
+        from_encoder = model.generate(
+            encoder_outputs=encoder_outputs, attention_mask=mask, num_beams=2, max_new_tokens=6
+        )
+    assert torch.equal(from_encoder, _generate(model, ids, mask, num_beams=2))
+
+
+def _manual_greedy(model, ids, max_new_tokens):
+    """Argmax decoding written by hand with the public forward and the recurrent cache."""
+    with torch.no_grad():
+        encoder_outputs = model.get_encoder()(input_ids=ids)
+        tokens, cache = [BOS], None
+        for _ in range(max_new_tokens):
+            out = model(
+                encoder_outputs=encoder_outputs,
+                decoder_input_ids=torch.tensor([[tokens[-1]]]),
+                past_key_values=cache,
+                use_cache=True,
+            )
+            cache = out.past_key_values
+            tokens.append(int(out.logits[0, -1].argmax()))
+            if tokens[-1] == EOS:
+                break
+    return torch.tensor(tokens)
+
+
+@pytest.mark.parametrize("options", [GRID[0], GRID[9]], ids=grid_id)
+def test_greedy_and_single_beam_equal_manual_argmax_decoding(options):
+    model = make_model(**options)
+    assert model.generation_config.num_beams > 1  # the default is beam search; num_beams=1 overrides it
+    ids, mask = random_ids(SOURCE_LENGTHS)
+    greedy = _generate(model, ids, mask, num_beams=1, max_new_tokens=8)
+    explicit = _generate(model, ids, mask, num_beams=1, do_sample=False, max_new_tokens=8)
+    assert torch.equal(greedy, explicit)
+    for row, length in enumerate(SOURCE_LENGTHS):
+        assert_same_generation(greedy[row], _manual_greedy(model, ids[row : row + 1, :length], 8))
+
+
+@pytest.mark.parametrize("options", [GRID[1], GRID[7], GRID[15]], ids=grid_id)
+def test_beam_scores_are_sorted_and_equal_teacher_forced_log_probs(options):
+    """With length_penalty=0 a beam's score is the sum of its token log-probs. Recomputing it with a fresh
+    teacher-forced pass only matches if beam search reordered the recurrent cache along with the beams."""
+    model = make_model(**options)
+    ids, mask = random_ids(SOURCE_LENGTHS)
+    with torch.no_grad():
+        out = model.generate(
+            input_ids=ids,
+            attention_mask=mask,
+            num_beams=4,
+            num_return_sequences=4,
+            max_new_tokens=7,
+            length_penalty=0.0,
+            return_dict_in_generate=True,
+            output_scores=True,
+        )
+    assert out.sequences.shape[0] == 3 * 4
+    scores = out.sequences_scores.view(3, 4)
+    assert bool((scores[:, :-1] >= scores[:, 1:]).all()), scores
+    for index, sequence in enumerate(out.sequences):
+        row = index // 4
+        source = ids[row : row + 1, : SOURCE_LENGTHS[row]]
+        expected = _teacher_forced_log_prob(model, source, sequence)
+        torch.testing.assert_close(out.sequences_scores[index], expected, atol=1e-4, rtol=1e-4)
+    # The returned beams of one example are distinct hypotheses.
+    for row in range(3):
+        assert len({tuple(s.tolist()) for s in out.sequences[row * 4 : row * 4 + 4]}) == 4
+
+
+def test_beam_search_reorders_the_cache(monkeypatch):
+    calls = []
+    original = S2SDecoderCache.reorder_cache
+
+    def spy(self, beam_idx):
+        calls.append(beam_idx.clone())
+        return original(self, beam_idx)
+
+    monkeypatch.setattr(S2SDecoderCache, "reorder_cache", spy)
+    model = make_model(**GRID[7])
+    ids, mask = random_ids(SOURCE_LENGTHS)
+    beam = _generate(model, ids, mask, num_beams=4, max_new_tokens=8)
+    assert calls, "beam search never reordered the cache"
+    identity = torch.arange(calls[0].numel())
+    assert any(not torch.equal(idx, identity) for idx in calls), "no step moved a beam"
+    # Beam search finds a different (at least as likely) hypothesis than greedy on this seeded model.
+    greedy = _generate(model, ids, mask, num_beams=1, max_new_tokens=8)
+    assert not torch.equal(beam, greedy)
+
+
+def test_cache_reorder_expand_and_select():
+    hidden = torch.arange(3 * 2 * 4, dtype=torch.float).view(3, 2, 4)
+    cell = -hidden
+    feed = torch.arange(3 * 4, dtype=torch.float).view(3, 4)
+    self_memory = AttentionMemory(torch.randn(3, 1, 5, 4), torch.randn(3, 1, 5, 4))
+    source_memory = AttentionMemory(torch.randn(3, 1, 6, 4), torch.randn(3, 1, 6, 4))
+    cache = S2SDecoderCache(hidden, cell, feed, self_memory, source_memory, seen_tokens=5)
+    order = torch.tensor([2, 0, 0])
+    cache.reorder_cache(order)
+    assert torch.equal(cache.hidden, hidden[order])
+    assert torch.equal(cache.cell, cell[order])
+    assert torch.equal(cache.input_feed, feed[order])
+    assert torch.equal(cache.self_memory.keys, self_memory.keys[order])
+    assert torch.equal(cache.self_memory.values, self_memory.values[order])
+    # Beams only move within one example, whose beams share the same source: the source memory stays.
+    assert cache.source_memory.keys is source_memory.keys
+    assert cache.get_seq_length() == 5
+
+    cache = S2SDecoderCache(hidden, None, None, None, source_memory)
+    cache.batch_repeat_interleave(2)
+    assert torch.equal(cache.hidden, hidden.repeat_interleave(2, 0)) and cache.cell is None
+    assert torch.equal(cache.source_memory.keys, source_memory.keys.repeat_interleave(2, 0))
+    cache.batch_select_indices(torch.tensor([1, 4]))
+    assert torch.equal(cache.hidden, hidden[[0, 2]])
+    assert torch.equal(cache.source_memory.values, source_memory.values[[0, 2]])
+    with pytest.raises(ValueError, match="crop"):
+        cache.crop(2)
+
+
+@pytest.mark.parametrize("num_beams", [1, 2])
+def test_generate_outputs_per_step_attentions_and_scores(num_beams):
+    model = make_model(**GRID[12])  # multi-head (2) attention with decoder self-attention
+    heads = model.config.attention_heads
+    ids, mask = random_ids(SOURCE_LENGTHS)
+    with torch.no_grad():
+        out = model.generate(
+            input_ids=ids,
+            attention_mask=mask,
+            num_beams=num_beams,
+            max_new_tokens=5,
+            min_new_tokens=5,
+            return_dict_in_generate=True,
+            output_scores=True,
+            output_attentions=True,
+        )
+    steps = out.sequences.shape[1] - 1
+    assert steps == 5
+    assert len(out.scores) == steps and len(out.cross_attentions) == steps
+    rows = 3 * num_beams
+    beam_mask = mask.repeat_interleave(num_beams, dim=0).bool()
+    for t, (scores, cross, self_attn) in enumerate(
+        zip(out.scores, out.cross_attentions, out.decoder_attentions)
+    ):
+        assert scores.shape == (rows, model.config.decoder_vocab_size)
+        (layer,) = cross
+        assert layer.shape == (rows, heads, 1, ids.shape[1])
+        assert bool((layer[~beam_mask[:, None, None, :].expand_as(layer)] == 0).all())
+        torch.testing.assert_close(layer.sum(-1), torch.ones(rows, heads, 1), atol=ATOL, rtol=0)
+        # Step t attends over the t + 1 decoder positions seen so far, never a future one.
+        (self_layer,) = self_attn
+        assert self_layer.shape == (rows, heads, 1, t + 1)
+        torch.testing.assert_close(self_layer.sum(-1), torch.ones(rows, heads, 1), atol=ATOL, rtol=0)
+    if num_beams == 1:
+        picked = torch.stack([s.argmax(-1) for s in out.scores], dim=1)
+        assert torch.equal(picked, out.sequences[:, 1:])
+
+
+def test_sampling_is_seeded_reproducible_and_top_k_one_is_greedy():
+    model = make_model(**GRID[3])
+    ids, mask = random_ids(SOURCE_LENGTHS)
+    options = dict(do_sample=True, top_k=8, top_p=0.9, temperature=0.7, max_new_tokens=8, num_beams=1)
+    torch.manual_seed(123)
+    first = _generate(model, ids, mask, **options)
+    torch.manual_seed(123)
+    second = _generate(model, ids, mask, **options)
+    assert torch.equal(first, second)
+    assert bool(((first >= 0) & (first < model.config.decoder_vocab_size)).all())
+    assert bool((first[:, 0] == BOS).all())
+    torch.manual_seed(0)
+    top_one = _generate(model, ids, mask, do_sample=True, top_k=1, max_new_tokens=8)
+    assert torch.equal(top_one, _generate(model, ids, mask, max_new_tokens=8))
+    torch.manual_seed(7)
+    beam_sample = _generate(model, ids, mask, do_sample=True, num_beams=2, max_new_tokens=8)
+    torch.manual_seed(7)
+    assert torch.equal(
+        beam_sample, _generate(model, ids, mask, do_sample=True, num_beams=2, max_new_tokens=8)
+    )
+
+
+@pytest.mark.parametrize("num_beams", [1, 3])
+def test_no_repeat_ngram_size_is_respected(num_beams):
+    model = make_model(**GRID[0])
+    ids, mask = random_ids(SOURCE_LENGTHS)
+    size = 2
+    out = _generate(
+        model, ids, mask, num_beams=num_beams, max_new_tokens=12, min_new_tokens=12, no_repeat_ngram_size=size
+    )
+    assert out.shape[1] == 13
+    for row in out.tolist():
+        ngrams = [tuple(row[i : i + size]) for i in range(len(row) - size + 1)]
+        assert len(ngrams) == len(set(ngrams)), row
+
+
+def test_min_and_max_new_tokens_are_respected():
+    model = make_model(**GRID[5])
+    ids, mask = random_ids(SOURCE_LENGTHS)
+    exact = _generate(model, ids, mask, max_new_tokens=5, min_new_tokens=5)
+    assert exact.shape == (3, 6)
+    assert not bool((exact[:, 1:] == EOS).any())
+    longest = _generate(model, ids, mask, max_new_tokens=4, num_beams=3)
+    assert longest.shape[1] <= 5
+
+    # Make the model's first greedy choice the end-of-sequence token: it then stops after one token, unless
+    # min_new_tokens forbids ending that early. (The untrained model may favour <pad>: suppress it.)
+    source = ids[:1, : SOURCE_LENGTHS[0]]
+    first_token = int(_generate(model, source, max_new_tokens=1, suppress_tokens=[PAD])[0, 1])
+    assert first_token != PAD
+    stopped = _generate(model, source, eos_token_id=first_token, max_new_tokens=6, suppress_tokens=[PAD])
+    assert stopped.tolist() == [[BOS, first_token]]
+    held = _generate(
+        model, source, eos_token_id=first_token, min_new_tokens=4, max_new_tokens=6, suppress_tokens=[PAD]
+    )
+    assert held.shape[1] >= 5
+    assert first_token not in held[0, 1:5].tolist()
