@@ -1,0 +1,250 @@
+"""Translation speed on Multi30k test_2016_flickr (de→en, 1000 sentences) through `model.generate()`.
+
+Measured side by side in one run:
+
+- greedy and beam 5 at batch 64 over the whole test set (batches sorted by source length, as NMT toolkits
+  translate) and at batch 1 over the first `--batch1-sentences` sentences (latency per sentence);
+- the naive reference (benchmarks/reference_model.py, a tutorial-style greedy loop with the same weights)
+  greedy at the same batch sizes, with the agreement of its translations with generate()'s;
+- dynamic int8 quantisation (`torch.ao.quantization.quantize_dynamic`) of every `nn.Linear` and of the encoder's
+  `nn.LSTM` (the decoder's LSTM cell is computed from `rnn.weight_*` with `F.linear` and cannot be quantised this
+  way, so it stays fp32), with BLEU before/after when the model is trained;
+- optionally (`--compile`) `torch.compile` of the decoder module;
+- greedy through a hand-written loop over the same model that drops finished rows from the batch and the cache
+  (`shrinking_greedy` of bench_generate_overhead.py, as OpenNMT-py translates): generate() keeps computing every
+  row of a batch until its last row ends.
+
+Output tokens are the tokens of the returned translation up to and including `</s>` (no start token, no
+padding). Memory: peak RSS above the RSS before the run, in this process (allocator reuse makes it a lower
+bound). With `--model_dir` (a trained model directory with its tokenizer, e.g. written by scripts/train.py)
+translations have their natural lengths and BLEU is reported; without it an untrained base model is used
+and `max_new_tokens=--untrained-length` (15, the mean reference length in tokens): a random model almost never
+predicts `</s>`, so outputs run to that length (the "tokens" column counts what was really generated) and the
+work per sentence is comparable to a trained model's, but beam search never stops early.
+
+    python benchmarks/bench_decoding.py --model_dir /tmp/runs/quick1
+    python benchmarks/bench_decoding.py --max-sentences 128 --batch1-sentences 10 --no-quantize   # a quick look
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import statistics
+import time
+import warnings
+from typing import Any
+
+import torch
+from _common import (
+    build_model,
+    count_generated_tokens,
+    decoding_batches,
+    format_table,
+    get_tokenizer,
+    load_model,
+    load_pairs,
+    peak_rss_mb,
+    print_footer,
+    print_header,
+    reset_peak_rss,
+    rss_mb,
+    setup_threads,
+    strip_generated,
+)
+from reference_model import ReferenceSeq2Seq
+from torch import nn
+
+# Anchors measured by the project owner on this machine type (2 threads, base shape, batch 64, output tokens/s).
+ANCHORS = {"OpenNMT-py 3.5.1": {1: 7200.0, 5: 2100.0}, "JoeyNMT 2.3.0": {1: 2650.0, 5: 650.0}}
+
+
+def quantize(model: nn.Module) -> nn.Module:
+    """Dynamic int8 copy: encoder nn.LSTM and every nn.Linear (bridge, attention, combine, projection, lm_head)."""
+    from torch.ao.quantization import quantize_dynamic
+
+    quantized = copy.deepcopy(model)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        quantize_dynamic(quantized.model.encoder, {nn.LSTM}, dtype=torch.qint8, inplace=True)
+        quantize_dynamic(quantized, {nn.Linear}, dtype=torch.qint8, inplace=True)
+    return quantized
+
+
+class Runner:
+    """Times one decoding setting over a list of batches and keeps its translations."""
+
+    def __init__(self, tokenizer, generation: dict[str, Any]):
+        self.tokenizer = tokenizer
+        self.generation = generation
+        self.pad, self.eos = tokenizer.pad_token_id, tokenizer.eos_token_id
+
+    def generate(self, model, input_ids, attention_mask, beams: int) -> torch.Tensor:
+        return model.generate(
+            input_ids=input_ids, attention_mask=attention_mask, num_beams=beams, do_sample=False, **self.generation
+        )
+
+    def run(self, fn, batches, n_sentences: int) -> dict[str, Any]:
+        """fn(input_ids, mask) -> (B, n) generated ids with a start token. Untimed warm-up on the first batch."""
+        fn(batches[0][1], batches[0][2])
+        outputs: list[list[int]] = [[] for _ in range(n_sentences)]
+        tokens, latencies = 0, []
+        reset_peak_rss()
+        before = rss_mb()
+        start = time.perf_counter()
+        for index, input_ids, mask in batches:
+            t0 = time.perf_counter()
+            generated = fn(input_ids, mask)
+            latencies.append(time.perf_counter() - t0)
+            tokens += count_generated_tokens(generated, self.pad, self.eos)
+            for row, i in enumerate(index):
+                outputs[i] = strip_generated(generated[row, 1:].tolist(), self.pad, self.eos)
+        seconds = time.perf_counter() - start
+        return {
+            "seconds": seconds, "tokens": tokens, "outputs": outputs, "sentences": sum(len(b[0]) for b in batches),
+            "latency_ms": 1000 * statistics.median(latencies), "memory": peak_rss_mb() - before,
+        }
+
+
+def bleu(tokenizer, outputs: list[list[int]], references: list[str]) -> float:
+    import sacrebleu
+
+    hypotheses = tokenizer.batch_decode(outputs, skip_special_tokens=True)
+    return sacrebleu.corpus_bleu(hypotheses, [references]).score
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model_dir", help="trained model directory (with tokenizer); default: untrained base")
+    parser.add_argument("--preset", default="base", help="preset of the untrained model (without --model_dir)")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--max-sentences", type=int, default=1000, help="sentences of the test set at batch 64")
+    parser.add_argument("--batch1-sentences", type=int, default=100, help="first N sentences at batch 1")
+    parser.add_argument("--beams", type=int, nargs="+", default=[1, 5])
+    parser.add_argument("--max-new-tokens", type=int, default=80, help="trained model (the recipe's max length)")
+    parser.add_argument("--untrained-length", type=int, default=15, help="max_new_tokens of the untrained model")
+    parser.add_argument("--no-reference", action="store_true")
+    parser.add_argument("--no-quantize", action="store_true")
+    parser.add_argument("--compile", action="store_true", help="also try torch.compile of the decoder")
+    parser.add_argument("--profile", action="store_true", help="profile one batch-64 greedy batch, fp32 and int8")
+    args = parser.parse_args()
+
+    setup_threads(args.threads)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    print_header("Decoding speed on Multi30k test_2016_flickr through generate()")
+    tokenizer = get_tokenizer(args.model_dir)
+    if args.model_dir:
+        model = load_model(args.model_dir)
+        generation = {"max_new_tokens": args.max_new_tokens}
+        what = f"trained model {args.model_dir}"
+    else:
+        model = build_model(args.preset, tokenizer).eval()
+        length = args.untrained_length
+        generation = {"max_new_tokens": length}
+        what = f"UNTRAINED {args.preset} model (random weights), max_new_tokens={length}"
+    config = model.config
+    generation_config = model.generation_config
+    print(f"model: {what}; input_feeding={config.input_feeding}, E={config.embedding_size}, "
+          f"H={config.hidden_size}, V={config.vocab_size}, {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M "
+          f"parameters")
+    print(f"generation: {generation}, length_penalty={generation_config.length_penalty}, "
+          f"early_stopping={generation_config.early_stopping}\n", flush=True)
+
+    sources, references = load_pairs("test")
+    sources, references = sources[: args.max_sentences], references[: args.max_sentences]
+    full = decoding_batches(tokenizer, sources, args.batch_size)
+    single = decoding_batches(tokenizer, sources[: args.batch1_sentences], 1, sort=False)
+    runner = Runner(tokenizer, generation)
+    trained = bool(args.model_dir)
+
+    variants: dict[str, nn.Module] = {"generate() fp32": model}
+    if not args.no_quantize:
+        variants["generate() int8"] = quantize(model)
+    if args.compile:
+        compiled = copy.deepcopy(model)
+        compiled.model.decoder.compile(dynamic=True)
+        variants["generate() compiled"] = compiled
+    reference = None if args.no_reference else ReferenceSeq2Seq.from_s2s(model).eval()
+
+    rows, results = [], {}
+    settings = [(bs, beams) for bs in (args.batch_size, 1) for beams in args.beams]
+    for batch_size, beams in settings:
+        batches = full if batch_size > 1 else single
+        n = len(sources)
+        for name, variant in variants.items():
+            def fn(ids, mask, variant=variant, beams=beams):
+                return runner.generate(variant, ids, mask, beams)
+
+            try:
+                results[(name, batch_size, beams)] = runner.run(fn, batches, n)
+            except Exception as error:  # torch.compile may fail; report it instead of stopping
+                print(f"{name} batch {batch_size} beams {beams} FAILED: {type(error).__name__}: {error}"[:500])
+                continue
+        if beams == 1:
+            from bench_generate_overhead import shrinking_greedy
+
+            def shrink_fn(ids, mask):
+                return shrinking_greedy(model, ids, mask, generation["max_new_tokens"])
+
+            results[("loop dropping finished", batch_size, beams)] = runner.run(shrink_fn, batches, n)
+        if reference is not None and beams == 1:
+
+            def ref_fn(ids, mask):
+                out = reference.greedy(ids, mask, max_new_tokens=generation["max_new_tokens"],
+                                       min_new_tokens=generation.get("min_new_tokens", 0))
+                return torch.cat([out.new_full((out.shape[0], 1), config.decoder_start_token_id), out], dim=1)
+
+            results[("naive reference", batch_size, beams)] = runner.run(ref_fn, batches, n)
+        for name in [*variants, "loop dropping finished", "naive reference"]:
+            result = results.get((name, batch_size, beams))
+            if result is None:
+                continue
+            baseline = results.get(("generate() fp32", batch_size, beams))
+            selected = [i for i in range(n) if result["outputs"][i] or baseline["outputs"][i]] if baseline else []
+            same = sum(result["outputs"][i] == baseline["outputs"][i] for i in selected) if baseline else 0
+            score = bleu(tokenizer, result["outputs"], references) if trained and batch_size > 1 else float("nan")
+            rows.append([
+                name, batch_size, beams, result["sentences"], result["seconds"],
+                result["sentences"] / result["seconds"], round(result["tokens"] / result["seconds"]),
+                result["latency_ms"] if batch_size == 1 else float("nan"),
+                baseline["seconds"] / result["seconds"] if baseline else float("nan"),
+                f"{100 * same / max(1, len(selected)):.0f}%" if baseline else "n/a", score, result["memory"],
+            ])
+            print(f"  {name:22s} batch {batch_size:3d} beams {beams}: {result['tokens'] / result['seconds']:,.0f} "
+                  f"tok/s", flush=True)
+
+    print("\n## Decoding (output tokens/s; × fp32 = speed-up over generate() fp32 in the same setting; "
+          "same = translations identical to generate() fp32)\n")
+    print(format_table(
+        ["decoder", "batch", "beams", "sentences", "seconds", "sent/s", "tok/s", "ms/sent (median)", "× fp32",
+         "same", "BLEU", "peak MiB"],
+        rows,
+    ))
+    anchor_rows = []
+    for beams in args.beams:
+        result = results.get(("generate() fp32", args.batch_size, beams))
+        if result is not None and beams in (1, 5):
+            rate = result["tokens"] / result["seconds"]
+            anchor_rows.append([f"generate() fp32, beams {beams}", round(rate),
+                                *(rate / a[beams] for a in ANCHORS.values())])
+    if anchor_rows:
+        print(f"\n## Batch {args.batch_size} vs the anchors (measured by the project owner, not in this run)\n")
+        print(format_table(["decoder", "tok/s", *(f"× {name}" for name in ANCHORS)], anchor_rows))
+
+    if args.profile:
+        from torch.profiler import ProfilerActivity, profile
+
+        for name, variant in variants.items():
+            ids, mask = full[0][1], full[0][2]
+            with profile(activities=[ProfilerActivity.CPU]) as prof:
+                runner.generate(variant, ids, mask, 1)
+            print(f"\n## Profile: {name}, greedy, first batch of {ids.shape[0]}\n")
+            print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15))
+    print_footer()
+
+
+if __name__ == "__main__":
+    main()

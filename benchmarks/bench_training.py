@@ -1,0 +1,219 @@
+"""Training throughput: S2S model vs the naive PyTorch reference, side by side on the same Multi30k batches.
+
+For each preset of configuration/models/ (tiny, small, base, base_fused) both implementations start from the same
+weights and train on the same length-grouped batches of 64 sentence pairs (forward + backward + gradient
+clipping at 5 + Adam step, dropout on). Warm-up steps are excluded; the timed steps alternate between the two
+implementations batch by batch, so load from other jobs hits both alike and the ratio stays meaningful.
+
+Model FLOPs (analytical, multiply-add = 2 FLOPs, real tokens only, padding excluded; E embedding size, H hidden
+size, V vocabulary, S_b real source length of the sentence, F = H with input feeding else 0):
+
+    encoder, per source token:   2 directions × 2·(E + H/2)·4·(H/2)          (LSTM, H/2 units per direction)
+    bridge, per sentence:        2 × 2·H·H                                     (h0 and c0 projections)
+    decoder, per target token:   2·(E + F + H)·4·H                             (LSTM cell)
+                               + 2·H·H + 2·S_b·H + 2·S_b·H                    (general score: W_a h, scores, context)
+                               + 2·2H·H                                       (tanh(W_c [c; h]))
+                               + 2·H·E + 2·E·V                                (projection H→E, tied output layer)
+    training = 3 × forward (backward ≈ 2 × forward); embedding lookups, softmax and element-wise ops are free.
+
+Achieved FLOP/s = model FLOPs of the timed batches ÷ their time; MFU = achieved ÷ the fp32 matmul peak that this
+script measures a moment before (a 2048² `torch.mm` loop at the same thread count). Peak memory: each
+(preset, implementation) trains a few steps in a fresh spawned interpreter; the table gives the peak RSS
+increase over the RSS before the first step (model, batches and libraries loaded), which includes the Adam state.
+
+    python benchmarks/bench_training.py                       # all presets, 20 timed steps each
+    python benchmarks/bench_training.py --presets base --steps 3 --warmup 1 --no-memory   # a quick look
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from typing import Any
+
+import torch
+from _common import (
+    PRESETS,
+    format_table,
+    get_tokenizer,
+    matmul_peak_gflops,
+    peak_rss_mb,
+    preset_kwargs,
+    print_footer,
+    print_header,
+    reset_peak_rss,
+    rss_mb,
+    run_isolated,
+    setup_threads,
+    training_batches,
+)
+from reference_model import ReferenceSeq2Seq
+
+# Anchors measured by the project owner on this machine type (2 CPU threads, base shape, batch 64).
+ANCHORS = {"OpenNMT-py 3.5.1": 2800.0, "JoeyNMT 2.3.0": 1150.0}
+
+
+def flops_per_batch(config: Any, batch: dict[str, torch.Tensor]) -> float:
+    """Training FLOPs of one batch (see the module docstring)."""
+    E, H, V = config.embedding_size, config.hidden_size, config.decoder_vocab_size
+    F = H if config.input_feeding else 0
+    source_lengths = batch["attention_mask"].sum(dim=1).double()
+    target_lengths = batch["labels"].ne(-100).sum(dim=1).double()
+    half = H // 2
+    encoder = float(source_lengths.sum()) * 2 * 2 * (E + half) * 4 * half
+    bridge = batch["labels"].shape[0] * 2 * 2 * H * H
+    per_target = 2 * (E + F + H) * 4 * H + 2 * H * H + 2 * 2 * H * H + 2 * E * V + (2 * H * E if E != H else 0)
+    decoder = float(target_lengths.sum()) * per_target + float((target_lengths * source_lengths).sum()) * 4 * H
+    return 3.0 * (encoder + bridge + decoder)
+
+
+def make_step(module: torch.nn.Module, is_reference: bool):
+    optimizer = torch.optim.Adam(module.parameters(), lr=1e-3)
+    module.train()
+
+    def step(batch: dict[str, torch.Tensor]) -> float:
+        optimizer.zero_grad(set_to_none=True)
+        if is_reference:
+            loss = module(batch["input_ids"], batch["attention_mask"], batch["labels"])
+        else:
+            loss = module(**batch).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(module.parameters(), 5.0)
+        optimizer.step()
+        return float(loss.detach())
+
+    return step
+
+
+def build_pair(preset: str, config_kwargs: dict[str, Any]):
+    from modeling_s2s import S2SConfig, S2SForConditionalGeneration
+
+    kwargs = preset_kwargs(preset)
+    kwargs.update(config_kwargs)
+    torch.manual_seed(0)
+    model = S2SForConditionalGeneration(S2SConfig(**kwargs))
+    return model, ReferenceSeq2Seq.from_s2s(model)
+
+
+def memory_probe(preset: str, config_kwargs: dict[str, Any], implementation: str, batches: list, threads: int):
+    """Run in a fresh interpreter: peak RSS increase (MiB) over the steps on `batches`."""
+    setup_threads(threads)
+    model, reference = build_pair(preset, config_kwargs)
+    module = reference if implementation == "reference" else model
+    if implementation == "reference":
+        del model
+    step = make_step(module, implementation == "reference")
+    reset_peak_rss()
+    before = rss_mb()
+    for batch in batches:
+        step(batch)
+    return peak_rss_mb() - before
+
+
+def profile_step(step, batch, rows: int = 15) -> None:
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        step(batch)
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--presets", nargs="+", default=list(PRESETS), choices=PRESETS)
+    parser.add_argument("--steps", type=int, default=20, help="timed steps per implementation and preset")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed steps per implementation and preset first")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--no-reference", action="store_true", help="time the S2S model only")
+    parser.add_argument("--no-memory", action="store_true", help="skip the per-preset peak-memory subprocesses")
+    parser.add_argument("--memory-steps", type=int, default=2)
+    parser.add_argument("--peak-seconds", type=float, default=2.0, help="duration of the matmul peak measurement")
+    parser.add_argument("--profile", action="store_true", help="print a torch.profiler table of one S2S step")
+    parser.add_argument("--seed", type=int, default=0, help="batch order")
+    args = parser.parse_args()
+
+    setup_threads(args.threads)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    print_header("Training throughput: S2S model vs naive PyTorch reference (same batches, same weights)")
+    tokenizer = get_tokenizer()
+    batches = training_batches(tokenizer, args.batch_size, seed=args.seed)
+    warmup, timed = batches[: args.warmup], batches[args.warmup : args.warmup + args.steps]
+    tokens = sum(int(b["labels"].ne(-100).sum()) for b in timed)
+    source_tokens = sum(int(b["attention_mask"].sum()) for b in timed)
+    print(f"data: Multi30k de→en train, {len(batches)} length-grouped batches of {args.batch_size}; "
+          f"timed {len(timed)} batches = {tokens:,} target tokens ({tokens / len(timed):.0f}/batch), "
+          f"{source_tokens:,} source tokens; warm-up {len(warmup)} batches")
+    peak = matmul_peak_gflops(args.threads, seconds=args.peak_seconds)
+    print(f"matmul peak (fp32 2048² torch.mm, {args.threads} threads): {peak:.1f} GFLOP/s\n", flush=True)
+
+    config_kwargs = dict(
+        vocab_size=len(tokenizer), decoder_vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        decoder_start_token_id=tokenizer.bos_token_id,
+    )
+    rows, memory_rows = [], []
+    results: dict[str, dict[str, float]] = {}
+    for preset in args.presets:
+        model, reference = build_pair(preset, config_kwargs)
+        config = model.config
+        implementations = {"s2s": make_step(model, False)}
+        if not args.no_reference:
+            implementations["reference"] = make_step(reference, True)
+        for step in implementations.values():
+            for batch in warmup:
+                step(batch)
+        seconds = dict.fromkeys(implementations, 0.0)
+        for batch in timed:
+            for name, step in implementations.items():
+                start = time.perf_counter()
+                step(batch)
+                seconds[name] += time.perf_counter() - start
+        flops = sum(flops_per_batch(config, b) for b in timed)
+        params = sum(p.numel() for p in model.parameters())
+        results[preset] = {name: tokens / s for name, s in seconds.items()}
+        for name, s in seconds.items():
+            rate = tokens / s
+            ratio = rate / results[preset]["reference"] if "reference" in results[preset] else float("nan")
+            rows.append([
+                preset, "fused" if config.fused_decoder else "steps", name, f"{params / 1e6:.2f}M",
+                round(rate), 1000 * s / len(timed), ratio if name == "s2s" else 1.0,
+                flops / tokens / 1e6, flops / s / 1e9, f"{100 * flops / s / 1e9 / peak:.1f}%",
+            ])
+        print(f"{preset}: " + ", ".join(f"{n} {tokens / s:,.0f} tok/s" for n, s in seconds.items()), flush=True)
+        if args.profile:
+            profile_step(implementations["s2s"], timed[0])
+        del model, reference, implementations
+        if not args.no_memory:
+            few = timed[: args.memory_steps]
+            memory = {
+                name: run_isolated(memory_probe, preset, config_kwargs, name, few, args.threads)
+                for name in (["s2s"] if args.no_reference else ["s2s", "reference"])
+            }
+            memory_rows.append([preset, *(memory[n] for n in memory)])
+
+    print("\n## Training throughput (target tokens/s; ratio = S2S ÷ reference on the same batches)\n")
+    print(format_table(
+        ["preset", "decoder", "impl", "params", "tok/s", "ms/step", "× ref", "MFLOP/tok", "GFLOP/s", "MFU"], rows
+    ))
+    if "base" in results or "base_fused" in results:
+        print("\n## Base shape vs the anchors (measured by the project owner, not in this run)\n")
+        anchor_rows = []
+        for preset in ("base", "base_fused"):
+            if preset in results:
+                rate = results[preset]["s2s"]
+                anchor_rows.append([f"S2S {preset}", round(rate), *(rate / a for a in ANCHORS.values())])
+        print(format_table(["model", "tok/s", *(f"× {name} ({a:,.0f})" for name, a in ANCHORS.items())],
+                           anchor_rows))
+    if memory_rows:
+        names = ["s2s"] if args.no_reference else ["s2s", "reference"]
+        print(f"\n## Peak memory of training ({args.memory_steps} steps incl. the first Adam step, fresh process; "
+              "MiB of RSS above the pre-step RSS)\n")
+        print(format_table(["preset", *(f"{n} MiB" for n in names)], memory_rows))
+    print_footer()
+
+
+if __name__ == "__main__":
+    main()
