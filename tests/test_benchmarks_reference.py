@@ -20,7 +20,7 @@ VOCAB, PAD, BOS, EOS = 30, 0, 1, 2
 def _model(input_feeding: bool) -> S2SForConditionalGeneration:
     torch.manual_seed(0)
     config = S2SConfig(
-        vocab_size=VOCAB, embedding_size=8, hidden_size=12, input_feeding=input_feeding, dropout=0.2,
+        label_smoothing=0.1 if input_feeding else 0.0, vocab_size=VOCAB, embedding_size=8, hidden_size=12, input_feeding=input_feeding, dropout=0.2,
         embedding_dropout=0.2, init_std=0.3, pad_token_id=PAD, bos_token_id=BOS, eos_token_id=EOS,
         decoder_start_token_id=BOS,
     )
