@@ -631,7 +631,8 @@ class S2SDecoder(nn.Module):
         weights = self._step_weights()
         embedding_size = embeddings.shape[-1]
         w_ih0, w_hh0, b_ih0, b_hh0 = weights[0]
-        embedding_gates = F.linear(embeddings, w_ih0[:, :embedding_size], b_ih0)  # (B, T, G)
+        # unbind once: indexing [:, t] per step makes autograd zero-fill a (B, T, G) gradient for every step
+        embedding_gates = F.linear(embeddings, w_ih0[:, :embedding_size], b_ih0).unbind(1)  # T x (B, G)
         w_extra = w_ih0[:, embedding_size:]  # input feed and/or Bahdanau context columns
         cell_fn = _lstm_cell if self.config.cell_type == "lstm" else _gru_cell
         hidden = list(cache.hidden.unbind(1))
@@ -645,7 +646,7 @@ class S2SDecoder(nn.Module):
                 query = hidden[-1].unsqueeze(1)  # previous top-layer state: (B, 1, H)
                 context, weights_t = self.attention.attend(query, cache.source_memory, value_mask=source_mask)
                 extra_inputs.append(context.squeeze(1))
-            gates = embedding_gates[:, t]
+            gates = embedding_gates[t]
             if extra_inputs:
                 gates = gates + F.linear(torch.cat(extra_inputs, dim=-1), w_extra)
             for layer, (w_ih, w_hh, b_ih, b_hh) in enumerate(weights):
