@@ -7,12 +7,14 @@ Measured side by side in one run:
 - the naive reference (benchmarks/reference_model.py, a tutorial-style greedy loop with the same weights)
   greedy at the same batch sizes, with the agreement of its translations with generate()'s;
 - dynamic int8 quantisation (`torch.ao.quantization.quantize_dynamic`) of every `nn.Linear` and of the encoder's
-  `nn.LSTM` (the decoder's LSTM cell is computed from `rnn.weight_*` with `F.linear` and cannot be quantised this
-  way, so it stays fp32), with BLEU before/after when the model is trained;
+  and decoder's `nn.LSTM`/`nn.GRU` (a quantised decoder RNN is stepped as a module), with BLEU before/after when
+  the model is trained;
 - optionally (`--compile`) `torch.compile` of the decoder module;
+- generate() as transformers runs it ("keep finished": `GenerationMixin._sample`/`_beam_search` put back, so every
+  row of a batch is computed until its last row ends) next to the model's own loops, which drop finished rows
+  (greedy) and settled sentences (beam search) from the decoder state;
 - greedy through a hand-written loop over the same model that drops finished rows from the batch and the cache
-  (`shrinking_greedy` of bench_generate_overhead.py, as OpenNMT-py translates): generate() keeps computing every
-  row of a batch until its last row ends.
+  (`shrinking_greedy` of bench_generate_overhead.py, as OpenNMT-py translates).
 
 Output tokens are the tokens of the returned translation up to and including `</s>` (no start token, no
 padding). Memory: peak RSS above the RSS before the run, in this process (allocator reuse makes it a lower
@@ -29,6 +31,7 @@ work per sentence is comparable to a trained model's, but beam search never stop
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import statistics
 import time
@@ -60,15 +63,31 @@ ANCHORS = {"OpenNMT-py 3.5.1": {1: 7200.0, 5: 2100.0}, "JoeyNMT 2.3.0": {1: 2650
 
 
 def quantize(model: nn.Module) -> nn.Module:
-    """Dynamic int8 copy: encoder nn.LSTM and every nn.Linear (bridge, attention, combine, projection, lm_head)."""
+    """Dynamic int8 copy: encoder and decoder RNNs and every nn.Linear (bridge, attention, combine, lm_head)."""
     from torch.ao.quantization import quantize_dynamic
 
     quantized = copy.deepcopy(model)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        quantize_dynamic(quantized.model.encoder, {nn.LSTM}, dtype=torch.qint8, inplace=True)
-        quantize_dynamic(quantized, {nn.Linear}, dtype=torch.qint8, inplace=True)
+        quantize_dynamic(quantized, {nn.LSTM, nn.GRU, nn.Linear}, dtype=torch.qint8, inplace=True)
     return quantized
+
+
+@contextlib.contextmanager
+def transformers_loops():
+    """Run generate() with transformers' own greedy and beam loops (every row computed until the batch ends)."""
+    from transformers import GenerationMixin
+
+    from modeling_s2s import S2SForConditionalGeneration
+
+    saved = {name: S2SForConditionalGeneration.__dict__[name] for name in ("_sample", "_beam_search")}
+    try:
+        for name in saved:
+            setattr(S2SForConditionalGeneration, name, getattr(GenerationMixin, name))
+        yield
+    finally:
+        for name, method in saved.items():
+            setattr(S2SForConditionalGeneration, name, method)
 
 
 class Runner:
@@ -183,6 +202,12 @@ def main() -> None:
             except Exception as error:  # torch.compile may fail; report it instead of stopping
                 print(f"{name} batch {batch_size} beams {beams} FAILED: {type(error).__name__}: {error}"[:500])
                 continue
+
+        def keep_finished_fn(ids, mask, beams=beams):
+            with transformers_loops():
+                return runner.generate(model, ids, mask, beams)
+
+        results[("generate() keep finished", batch_size, beams)] = runner.run(keep_finished_fn, batches, n)
         if beams == 1:
             from bench_generate_overhead import shrinking_greedy
 
@@ -198,7 +223,7 @@ def main() -> None:
                 return torch.cat([out.new_full((out.shape[0], 1), config.decoder_start_token_id), out], dim=1)
 
             results[("naive reference", batch_size, beams)] = runner.run(ref_fn, batches, n)
-        for name in [*variants, "loop dropping finished", "naive reference"]:
+        for name in [*variants, "generate() keep finished", "loop dropping finished", "naive reference"]:
             result = results.get((name, batch_size, beams))
             if result is None:
                 continue

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 from transformers import GenerationMixin, PreTrainedModel
+from transformers.generation.stopping_criteria import EosTokenCriteria
 from transformers.modeling_outputs import ModelOutput, Seq2SeqLMOutput, Seq2SeqModelOutput
 
 from .configuration_s2s import ATTENTION_TYPES, S2SConfig
@@ -52,6 +53,8 @@ def check_token_ids(ids: torch.Tensor, vocab_size: int, name: str, allow_ignore_
         raise ValueError(f"`{name}` is empty (shape {tuple(ids.shape)}); every sequence needs at least one token.")
     if ids.dtype.is_floating_point:
         raise ValueError(f"`{name}` must hold integer token ids; got dtype {ids.dtype}.")
+    if torch.compiler.is_compiling():
+        return  # reading values back to Python would break the compiled graph; eager calls check them
     checked = ids[ids != -100] if allow_ignore_index else ids
     if checked.numel() == 0:
         return
@@ -261,6 +264,9 @@ class S2SDecoderCache:
 
     Beam search calls `reorder_cache` in place. `source_memory` is not reordered there: beams only ever move
     within one example, and every beam of an example holds the same encoder outputs.
+
+    Greedy search and sampling drop rows that have finished (`drop_finished_rows`): the cache then holds only
+    the rows listed in `active_rows` (indices into `generate()`'s batch), and the model computes only those.
     """
 
     is_compileable = False
@@ -281,6 +287,7 @@ class S2SDecoderCache:
         self.self_memory = self_memory
         self.source_memory = source_memory
         self.seen_tokens = seen_tokens
+        self.active_rows: torch.Tensor | None = None
 
     def _apply(self, fn, include_source: bool) -> None:
         self.hidden = fn(self.hidden)
@@ -297,7 +304,24 @@ class S2SDecoderCache:
         return self.seen_tokens
 
     def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
-        self._apply(lambda t: t.index_select(0, beam_idx.to(t.device)), include_source=False)
+        """Row i takes the state of row beam_idx[i] (B,), indices over `generate()`'s whole batch."""
+        beam_idx = beam_idx.to(self.hidden.device)
+        if self.active_rows is not None:
+            # Beams move within one sentence and sentences leave whole: active rows take their state from
+            # active rows; map those batch indices to positions in the shrunken state.
+            beam_idx = torch.searchsorted(self.active_rows, beam_idx[self.active_rows])
+        self._apply(lambda t: t.index_select(0, beam_idx), include_source=False)
+
+    def drop_finished_rows(self, finished: torch.Tensor) -> None:
+        """Forget the state of rows that have finished. finished: (B,) bool over `generate()`'s whole batch."""
+        rows = self.active_rows
+        if rows is None:
+            rows = torch.arange(finished.shape[0], device=finished.device)
+        keep = (~finished[rows]).nonzero().squeeze(1)
+        if keep.numel() == rows.numel():
+            return
+        self.batch_select_indices(keep)
+        self.active_rows = rows[keep]
 
     def batch_repeat_interleave(self, repeats: int) -> None:
         self._apply(lambda t: t.repeat_interleave(repeats, dim=0), include_source=True)
@@ -624,17 +648,13 @@ class S2SDecoder(nn.Module):
     def _forward_steps(self, embeddings, cache, source_mask, decoder_attention_mask):
         """One RNN step per target position (input feeding, Bahdanau, and incremental generation).
 
-        The cell is computed from `self.rnn`'s parameters (`_lstm_cell`/`_gru_cell`). The embeddings' share of the
-        first layer's gates is projected for all T steps in one matmul; only the recurrent part, input feed and
-        Bahdanau context are per-step work.
+        The cell is computed from `self.rnn`'s parameters (`_lstm_cell`/`_gru_cell`). Over several positions the
+        embeddings' share of the first layer's gates is projected for all T steps in one matmul, so only the
+        recurrent part, input feed and Bahdanau context are per-step work; a single position (generation) takes
+        one matmul over the whole RNN input. A dynamically quantised `self.rnn` (`torch.ao` `quantize_dynamic`)
+        has no float weights to read: it is then called one step at a time.
         """
-        weights = self._step_weights()
-        embedding_size = embeddings.shape[-1]
-        w_ih0, w_hh0, b_ih0, b_hh0 = weights[0]
-        # unbind once: indexing [:, t] per step makes autograd zero-fill a (B, T, G) gradient for every step
-        embedding_gates = F.linear(embeddings, w_ih0[:, :embedding_size], b_ih0).unbind(1)  # T x (B, G)
-        w_extra = w_ih0[:, embedding_size:]  # input feed and/or Bahdanau context columns
-        cell_fn = _lstm_cell if self.config.cell_type == "lstm" else _gru_cell
+        step_cell = self._step_cell(embeddings)
         hidden = list(cache.hidden.unbind(1))
         cell = list(cache.cell.unbind(1)) if cache.cell is not None else [None] * len(hidden)
         input_feed = cache.input_feed
@@ -646,14 +666,7 @@ class S2SDecoder(nn.Module):
                 query = hidden[-1].unsqueeze(1)  # previous top-layer state: (B, 1, H)
                 context, weights_t = self.attention.attend(query, cache.source_memory, value_mask=source_mask)
                 extra_inputs.append(context.squeeze(1))
-            gates = embedding_gates[t]
-            if extra_inputs:
-                gates = gates + F.linear(torch.cat(extra_inputs, dim=-1), w_extra)
-            for layer, (w_ih, w_hh, b_ih, b_hh) in enumerate(weights):
-                if layer > 0:
-                    below = F.dropout(hidden[layer - 1], self.rnn.dropout, self.training)
-                    gates = F.linear(below, w_ih, b_ih)
-                hidden[layer], cell[layer] = cell_fn(gates, hidden[layer], cell[layer], w_hh, b_hh)
+            hidden, cell = step_cell(t, extra_inputs, hidden, cell)
             rnn_output = hidden[-1].unsqueeze(1)  # (B, 1, H)
             if not bahdanau:
                 context, weights_t = self.attention.attend(rnn_output, cache.source_memory, value_mask=source_mask)
@@ -670,6 +683,55 @@ class S2SDecoder(nn.Module):
         cache.input_feed = input_feed
         self_attention = _cat_ragged(self_weights) if self.self_attention is not None else None
         return torch.cat(outputs, dim=1), torch.cat(cross_weights, dim=2), self_attention
+
+    def _step_cell(self, embeddings: torch.Tensor):
+        """A function (t, extra_inputs, hidden, cell) -> (hidden, cell) advancing every layer by position t.
+
+        embeddings: (B, T, E); extra_inputs: the (B, H) input feed and/or Bahdanau context of step t; hidden and
+        cell: per-layer lists of (B, H) (cell entries None for GRU).
+        """
+        if not hasattr(self.rnn, "weight_ih_l0"):
+            return self._module_step_cell(embeddings)
+        weights = self._step_weights()
+        w_ih0, _, b_ih0, _ = weights[0]
+        embedding_size = embeddings.shape[-1]
+        cell_fn = _lstm_cell if self.config.cell_type == "lstm" else _gru_cell
+        if embeddings.shape[1] == 1:
+            embedding_gates, w_extra = None, None
+        else:
+            # unbind once: indexing [:, t] per step makes autograd zero-fill a (B, T, G) gradient for every step
+            embedding_gates = F.linear(embeddings, w_ih0[:, :embedding_size], b_ih0).unbind(1)  # T x (B, G)
+            w_extra = w_ih0[:, embedding_size:]  # input feed and/or Bahdanau context columns
+
+        def step(t, extra_inputs, hidden, cell):
+            if embedding_gates is None:
+                gates = F.linear(torch.cat([embeddings[:, t], *extra_inputs], dim=-1), w_ih0, b_ih0)
+            else:
+                gates = embedding_gates[t]
+                if extra_inputs:
+                    gates = gates + F.linear(torch.cat(extra_inputs, dim=-1), w_extra)
+            hidden, cell = list(hidden), list(cell)
+            for layer, (w_ih, w_hh, b_ih, b_hh) in enumerate(weights):
+                if layer > 0:
+                    below = F.dropout(hidden[layer - 1], self.rnn.dropout, self.training)
+                    gates = F.linear(below, w_ih, b_ih)
+                hidden[layer], cell[layer] = cell_fn(gates, hidden[layer], cell[layer], w_hh, b_hh)
+            return hidden, cell
+
+        return step
+
+    def _module_step_cell(self, embeddings: torch.Tensor):
+        """Step function that calls `self.rnn` itself on one position (for RNN modules without float weights)."""
+
+        def step(t, extra_inputs, hidden, cell):
+            step_input = torch.cat([embeddings[:, t], *extra_inputs], dim=-1).unsqueeze(1)  # (B, 1, rnn input)
+            state = torch.stack(hidden)
+            state = (state, torch.stack(cell)) if cell[0] is not None else state
+            _, state = self.rnn(step_input, state)
+            hidden, cell = state if isinstance(state, tuple) else (state, None)
+            return list(hidden.unbind(0)), list(cell.unbind(0)) if cell is not None else [None] * hidden.shape[0]
+
+        return step
 
     def forward(
         self,
@@ -872,6 +934,9 @@ class S2SForConditionalGeneration(S2SPreTrainedModel, GenerationMixin):
         if tied:
             self._tied_weights_keys["lm_head.weight"] = embedding_source
         self._set_default_generation_config()
+        # Scratch state of one beam search call (see `_beam_search`): which sentences are settled, (B,) bool.
+        self._drop_settled_beams = False
+        self._settled_sentences: torch.Tensor | None = None
         self.post_init()
 
     def _set_default_generation_config(self) -> None:
@@ -970,6 +1035,11 @@ class S2SForConditionalGeneration(S2SPreTrainedModel, GenerationMixin):
             use_cache = False
             if decoder_input_ids is None:
                 decoder_input_ids = self.prepare_decoder_input_ids_from_labels(labels)
+        active_rows = past_key_values.active_rows if isinstance(past_key_values, S2SDecoderCache) else None
+        if active_rows is not None:
+            return self._forward_active_rows(
+                decoder_input_ids, attention_mask, encoder_outputs, past_key_values, return_dict
+            )
         outputs = self.model(
             input_ids=input_ids,
             attention_mask=attention_mask,
@@ -1001,6 +1071,110 @@ class S2SForConditionalGeneration(S2SPreTrainedModel, GenerationMixin):
             encoder_last_hidden_state=outputs.encoder_last_hidden_state,
             encoder_hidden_states=outputs.encoder_hidden_states,
             encoder_attentions=outputs.encoder_attentions,
+        )
+        return output if return_dict else output.to_tuple()
+
+    # -- generation: finished rows leave the batch -------------------------------------------------------------
+
+    def _sample(self, input_ids, logits_processor, stopping_criteria, generation_config, **model_kwargs):
+        """transformers' greedy search / sampling, with finished rows dropped from the decoder state.
+
+        transformers keeps computing a row after it has produced EOS (and pads its output) until the last row of
+        the batch ends. Here the decoder state of every row that an `EosTokenCriteria` has finished is dropped
+        (`S2SDecoderCache.drop_finished_rows`), so it costs nothing; the generated tokens are the same. Per-step
+        attentions and hidden states cover the whole batch, so asking for them keeps every row.
+        """
+        eos_token_ids = next((c.eos_token_id for c in stopping_criteria if isinstance(c, EosTokenCriteria)), None)
+        wants_per_step_tensors = generation_config.output_attentions or generation_config.output_hidden_states
+        if eos_token_ids is not None and not wants_per_step_tensors:
+            model_kwargs["finished_rows_eos_token_ids"] = eos_token_ids
+        return super()._sample(input_ids, logits_processor, stopping_criteria, generation_config, **model_kwargs)
+
+    def _beam_search(self, input_ids, logits_processor, stopping_criteria, generation_config, **model_kwargs):
+        """transformers' beam search, with the beams of settled sentences dropped from the decoder state.
+
+        transformers keeps running every beam until the last sentence of the batch is settled. A sentence is
+        settled once its finished hypotheses can no longer change (`_beam_search_has_unfinished_sequences` sees
+        that after every step); from the next step on its beams leave the decoder state
+        (`S2SDecoderCache.drop_finished_rows`) and cost nothing. The returned hypotheses and scores are the same.
+        Beam sampling and per-step attentions/hidden states keep every beam.
+        """
+        wants_per_step_tensors = generation_config.output_attentions or generation_config.output_hidden_states
+        self._drop_settled_beams = not (wants_per_step_tensors or generation_config.do_sample)
+        try:
+            return super()._beam_search(
+                input_ids, logits_processor, stopping_criteria, generation_config, **model_kwargs
+            )
+        finally:
+            self._drop_settled_beams, self._settled_sentences = False, None
+
+    def _beam_search_has_unfinished_sequences(
+        self, is_early_stop_heuristic_unsatisfied, is_sent_finished, next_token_hits_stopping_criteria, early_stopping
+    ):
+        # Called once per step after the step's finished hypotheses are updated: (B, 1) and (B, num_beams) flags.
+        if self._drop_settled_beams:
+            cannot_improve = ~is_early_stop_heuristic_unsatisfied.squeeze(-1)
+            self._settled_sentences = is_sent_finished.all(dim=-1) & ((early_stopping is True) | cannot_improve)
+        return super()._beam_search_has_unfinished_sequences(
+            is_early_stop_heuristic_unsatisfied, is_sent_finished, next_token_hits_stopping_criteria, early_stopping
+        )
+
+    def prepare_inputs_for_generation(
+        self,
+        input_ids: torch.LongTensor,
+        past_key_values: S2SDecoderCache | None = None,
+        finished_rows_eos_token_ids: torch.Tensor | None = None,
+        **kwargs,
+    ) -> dict:
+        """Drop finished rows from the cache, then prepare the inputs as transformers does.
+
+        Greedy/sampling: rows whose newest token (B, t)[:, -1] is EOS. Beam search: the beams of settled sentences.
+        """
+        if isinstance(past_key_values, S2SDecoderCache):
+            if finished_rows_eos_token_ids is not None:
+                finished = torch.isin(input_ids[:, -1], finished_rows_eos_token_ids.to(input_ids.device))
+                past_key_values.drop_finished_rows(finished)
+            elif self._settled_sentences is not None:
+                num_beams = input_ids.shape[0] // self._settled_sentences.shape[0]
+                past_key_values.drop_finished_rows(self._settled_sentences.repeat_interleave(num_beams))
+        return super().prepare_inputs_for_generation(input_ids, past_key_values=past_key_values, **kwargs)
+
+    def _forward_active_rows(
+        self,
+        decoder_input_ids: torch.LongTensor,
+        attention_mask: torch.Tensor | None,
+        encoder_outputs: S2SEncoderOutput,
+        cache: S2SDecoderCache,
+        return_dict: bool,
+    ) -> Seq2SeqLMOutput | tuple:
+        """Decode only the rows the cache still holds; finished rows get logits that make `pad` certain.
+
+        decoder_input_ids: (B, T) and attention_mask: (B, S) over the whole batch; logits: (B, T, V).
+        """
+        rows = cache.active_rows
+        batch_size, length = decoder_input_ids.shape
+        active_logits = None
+        if rows.numel() > 0:
+            source_mask = attention_mask if attention_mask is not None else encoder_outputs.attention_mask
+            outputs = self.model(
+                decoder_input_ids=decoder_input_ids[rows],
+                attention_mask=source_mask[rows],
+                encoder_outputs=encoder_outputs,
+                past_key_values=cache,
+                use_cache=True,
+                return_dict=True,
+            )
+            active_logits = self.lm_head(self.output_projection(outputs.last_hidden_state))
+        dtype = active_logits.dtype if active_logits is not None else self.dtype
+        logits = torch.full(
+            (batch_size, length, self.config.decoder_vocab_size), torch.finfo(dtype).min,
+            dtype=dtype, device=decoder_input_ids.device,
+        )
+        logits[..., self.config.pad_token_id] = 0.0
+        if active_logits is not None:
+            logits.index_copy_(0, rows, active_logits)
+        output = Seq2SeqLMOutput(
+            logits=logits, past_key_values=cache, encoder_last_hidden_state=encoder_outputs.last_hidden_state
         )
         return output if return_dict else output.to_tuple()
 

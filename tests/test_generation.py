@@ -6,9 +6,10 @@ from __future__ import annotations
 import pytest
 import torch
 from conftest import BOS, EOS, GRID, PAD, assert_same_generation, grid_id, make_model, random_ids
+from transformers import GenerationMixin, LogitsProcessor, LogitsProcessorList
 
-from modeling_s2s import S2SDecoderCache
-from modeling_s2s.modeling_s2s import AttentionMemory
+from modeling_s2s import S2SDecoderCache, S2SForConditionalGeneration
+from modeling_s2s.modeling_s2s import AttentionMemory, S2SDecoder
 
 SOURCE_LENGTHS = [6, 3, 5]
 ATOL = 1e-5
@@ -271,3 +272,115 @@ def test_min_and_max_new_tokens_are_respected():
     )
     assert held.shape[1] >= 5
     assert first_token not in held[0, 1:5].tolist()
+
+
+class _StaggeredEos(LogitsProcessor):
+    """Sentence s ends with its (s + 2)-th generated token: `</s>` is forced there and forbidden before
+    (`num_beams` rows per sentence)."""
+
+    def __init__(self, num_beams: int = 1):
+        self.num_beams = num_beams
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        generated = input_ids.shape[1]  # start token included: this step makes token number `generated`
+        scores = scores.clone()
+        sentence = torch.arange(scores.shape[0]) // self.num_beams
+        scores[:, EOS] = torch.where(sentence + 2 == generated, 1e4, float("-inf"))
+        return scores
+
+
+def _generate_with_and_without_pruning(monkeypatch, model, ids, mask, **kwargs):
+    decoded_rows = []
+    original_forward = S2SDecoder.forward
+
+    def spy(self, input_ids, *args, **kw):
+        decoded_rows.append(input_ids.shape[0])
+        return original_forward(self, input_ids, *args, **kw)
+
+    monkeypatch.setattr(S2SDecoder, "forward", spy)
+    processors = LogitsProcessorList([_StaggeredEos(kwargs.get("num_beams", 1))])
+    torch.manual_seed(3)
+    pruned = _generate(model, ids, mask, logits_processor=processors, max_new_tokens=9, **kwargs)
+    pruned_rows = list(decoded_rows)
+    decoded_rows.clear()
+    for loop in ("_sample", "_beam_search"):  # transformers' own loops
+        monkeypatch.setattr(S2SForConditionalGeneration, loop, getattr(GenerationMixin, loop))
+    torch.manual_seed(3)
+    full = _generate(model, ids, mask, logits_processor=processors, max_new_tokens=9, **kwargs)
+    return pruned, full, pruned_rows, list(decoded_rows)
+
+
+@pytest.mark.parametrize("options", [GRID[0], GRID[7], GRID[12], GRID[15]], ids=grid_id)
+@pytest.mark.parametrize("do_sample", [False, True])
+def test_finished_rows_leave_the_batch_without_changing_any_output(monkeypatch, options, do_sample):
+    model = make_model(**options)
+    ids, mask = random_ids([6, 3, 5, 4, 2])
+    pruned, full, pruned_rows, full_rows = _generate_with_and_without_pruning(
+        monkeypatch, model, ids, mask, do_sample=do_sample
+    )
+    assert torch.equal(pruned, full)
+    assert [bool((row == EOS).any()) for row in pruned] == [True] * 5
+    # Row r emits </s> as token r + 2, so the decoder runs on 5, 5, 4, 3, 2, 1 rows instead of 6 x 5.
+    assert full_rows == [5] * 6
+    assert pruned_rows == [5, 5, 4, 3, 2, 1]
+
+
+@pytest.mark.parametrize("options", [GRID[0], GRID[7], GRID[12], GRID[15]], ids=grid_id)
+@pytest.mark.parametrize("early_stopping", [True, False])
+def test_settled_sentences_leave_beam_search_without_changing_any_output(monkeypatch, options, early_stopping):
+    model = make_model(**options)
+    ids, mask = random_ids([6, 3, 5, 4])
+    kwargs = dict(num_beams=3, early_stopping=early_stopping, return_dict_in_generate=True, output_scores=True)
+    pruned, full, pruned_rows, full_rows = _generate_with_and_without_pruning(monkeypatch, model, ids, mask, **kwargs)
+    assert torch.equal(pruned.sequences, full.sequences)
+    assert torch.allclose(pruned.sequences_scores, full.sequences_scores)
+    assert torch.equal(pruned.beam_indices, full.beam_indices)
+    # With early stopping, sentence s settles when its 3 beams all end with token s + 2.
+    if early_stopping:
+        assert full_rows == [12] * 5
+        assert pruned_rows == [12, 12, 9, 6, 3]
+    else:
+        assert sum(pruned_rows) < sum(full_rows)
+
+
+def test_per_step_outputs_keep_every_row(monkeypatch):
+    model = make_model(**GRID[7])
+    ids, mask = random_ids([6, 3, 5])
+    kwargs = dict(return_dict_in_generate=True, output_attentions=True, output_scores=True)
+    pruned, full, pruned_rows, full_rows = _generate_with_and_without_pruning(monkeypatch, model, ids, mask, **kwargs)
+    assert pruned_rows == full_rows
+    assert torch.equal(pruned.sequences, full.sequences)
+    assert all(step[0].shape[0] == 3 for step in pruned.cross_attentions)
+
+
+def test_dropping_finished_rows_keeps_the_state_of_the_others():
+    hidden = torch.arange(4 * 1 * 3, dtype=torch.float).view(4, 1, 3)
+    source_memory = AttentionMemory(torch.randn(4, 1, 5, 3), torch.randn(4, 1, 5, 3))
+    cache = S2SDecoderCache(hidden, -hidden, hidden[:, 0], None, source_memory)
+    cache.drop_finished_rows(torch.tensor([False, False, False, False]))
+    assert cache.active_rows is None and cache.hidden is hidden
+    cache.drop_finished_rows(torch.tensor([False, True, False, False]))
+    assert cache.active_rows.tolist() == [0, 2, 3]
+    cache.drop_finished_rows(torch.tensor([True, True, False, False]))  # indices stay those of the whole batch
+    assert cache.active_rows.tolist() == [2, 3]
+    assert torch.equal(cache.hidden, hidden[[2, 3]]) and torch.equal(cache.cell, -hidden[[2, 3]])
+    assert torch.equal(cache.input_feed, hidden[[2, 3], 0])
+    assert torch.equal(cache.source_memory.keys, source_memory.keys[[2, 3]])
+    # Beam indices still refer to the whole batch: rows 2 and 3 swap states.
+    cache.reorder_cache(torch.tensor([1, 0, 3, 2]))
+    assert torch.equal(cache.hidden, hidden[[3, 2]]) and torch.equal(cache.cell, -hidden[[3, 2]])
+    assert cache.active_rows.tolist() == [2, 3]
+
+
+def test_forward_with_every_row_finished_makes_pad_certain():
+    model = make_model(**GRID[0])
+    ids, mask = random_ids([4, 2])
+    with torch.no_grad():
+        encoder_outputs = model.get_encoder()(input_ids=ids, attention_mask=mask)
+        start = torch.full((2, 1), BOS)
+        cache = model(encoder_outputs=encoder_outputs, decoder_input_ids=start, use_cache=True).past_key_values
+        cache.drop_finished_rows(torch.tensor([True, True]))
+        logits = model(encoder_outputs=encoder_outputs, decoder_input_ids=start, past_key_values=cache).logits
+    assert logits.shape == (2, 1, model.config.decoder_vocab_size)
+    assert torch.equal(logits.argmax(-1), torch.full((2, 1), PAD))
+    assert torch.equal(logits.softmax(-1)[..., PAD], torch.ones(2, 1))
