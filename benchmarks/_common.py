@@ -305,12 +305,14 @@ def run_isolated(function: Callable[..., Any], *args: Any) -> Any:
         return pool.apply(function, args)
 
 
-def matmul_peak_gflops(threads: int, size: int = 2048, seconds: float = 2.0) -> float:
-    """Achieved fp32 GFLOP/s of a large square `torch.mm` at the current thread count: the practical peak that
+def matmul_peak_gflops(
+    threads: int, size: int = 2048, seconds: float = 2.0, dtype: torch.dtype = torch.float32
+) -> float:
+    """Achieved GFLOP/s of a large square `torch.mm` at the current thread count: the practical peak that
     MFU is measured against (the best of several repeats, to be robust to other load on the machine)."""
-    a = torch.randn(size, size)
-    b = torch.randn(size, size)
-    out = torch.empty(size, size)
+    a = torch.randn(size, size, dtype=dtype)
+    b = torch.randn(size, size, dtype=dtype)
+    out = torch.empty(size, size, dtype=dtype)
     for _ in range(3):
         torch.mm(a, b, out=out)
     best = 0.0

@@ -28,6 +28,7 @@ increase over the RSS before the first step (model, batches and libraries loaded
 from __future__ import annotations
 
 import argparse
+import copy
 import time
 from typing import Any
 
@@ -67,16 +68,18 @@ def flops_per_batch(config: Any, batch: dict[str, torch.Tensor]) -> float:
     return 3.0 * (encoder + bridge + decoder)
 
 
-def make_step(module: torch.nn.Module, is_reference: bool):
+def make_step(module: torch.nn.Module, is_reference: bool, bf16: bool = False):
+    """One training step; `bf16` runs forward and loss under CPU bf16 autocast, as Trainer's `--bf16` does."""
     optimizer = torch.optim.Adam(module.parameters(), lr=1e-3)
     module.train()
 
     def step(batch: dict[str, torch.Tensor]) -> float:
         optimizer.zero_grad(set_to_none=True)
-        if is_reference:
-            loss = module(batch["input_ids"], batch["attention_mask"], batch["labels"])
-        else:
-            loss = module(**batch).loss
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            if is_reference:
+                loss = module(batch["input_ids"], batch["attention_mask"], batch["labels"])
+            else:
+                loss = module(**batch).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(module.parameters(), 5.0)
         optimizer.step()
@@ -131,6 +134,7 @@ def main() -> None:
     parser.add_argument("--peak-seconds", type=float, default=2.0, help="duration of the matmul peak measurement")
     parser.add_argument("--profile", action="store_true", help="print a torch.profiler table of one S2S step")
     parser.add_argument("--seed", type=int, default=0, help="batch order")
+    parser.add_argument("--bf16", action="store_true", help="also time the S2S model under CPU bf16 autocast")
     args = parser.parse_args()
 
     setup_threads(args.threads)
@@ -147,7 +151,12 @@ def main() -> None:
           f"timed {len(timed)} batches = {tokens:,} target tokens ({tokens / len(timed):.0f}/batch), "
           f"{source_tokens:,} source tokens; warm-up {len(warmup)} batches")
     peak = matmul_peak_gflops(args.threads, seconds=args.peak_seconds)
-    print(f"matmul peak (fp32 2048² torch.mm, {args.threads} threads): {peak:.1f} GFLOP/s\n", flush=True)
+    print(f"matmul peak (fp32 2048² torch.mm, {args.threads} threads): {peak:.1f} GFLOP/s", flush=True)
+    if args.bf16:
+        bf16_peak = matmul_peak_gflops(args.threads, seconds=args.peak_seconds, dtype=torch.bfloat16)
+        print(f"matmul peak (bf16 2048² torch.mm, {args.threads} threads): {bf16_peak:.1f} GFLOP/s "
+              "(MFU stays relative to the fp32 peak)", flush=True)
+    print()
 
     config_kwargs = dict(
         vocab_size=len(tokenizer), decoder_vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
@@ -160,6 +169,8 @@ def main() -> None:
         model, reference = build_pair(preset, config_kwargs)
         config = model.config
         implementations = {"s2s": make_step(model, False)}
+        if args.bf16:
+            implementations["s2s bf16"] = make_step(copy.deepcopy(model), False, bf16=True)
         if not args.no_reference:
             implementations["reference"] = make_step(reference, True)
         for step in implementations.values():
@@ -179,7 +190,7 @@ def main() -> None:
             ratio = rate / results[preset]["reference"] if "reference" in results[preset] else float("nan")
             rows.append([
                 preset, "fused" if config.fused_decoder else "steps", name, f"{params / 1e6:.2f}M",
-                round(rate), 1000 * s / len(timed), ratio if name == "s2s" else 1.0,
+                round(rate), 1000 * s / len(timed), ratio if name != "reference" else 1.0,
                 flops / tokens / 1e6, flops / s / 1e9, f"{100 * flops / s / 1e9 / peak:.1f}%",
             ])
         print(f"{preset}: " + ", ".join(f"{n} {tokens / s:,.0f} tok/s" for n, s in seconds.items()), flush=True)
@@ -202,9 +213,10 @@ def main() -> None:
         print("\n## Base shape vs the anchors (measured by the project owner, not in this run)\n")
         anchor_rows = []
         for preset in ("base", "base_fused"):
-            if preset in results:
-                rate = results[preset]["s2s"]
-                anchor_rows.append([f"S2S {preset}", round(rate), *(rate / a for a in ANCHORS.values())])
+            for name, rate in results.get(preset, {}).items():
+                if name != "reference":
+                    label = f"S2S {preset}" + (" (bf16 autocast)" if name == "s2s bf16" else "")
+                    anchor_rows.append([label, round(rate), *(rate / a for a in ANCHORS.values())])
         print(format_table(["model", "tok/s", *(f"× {name} ({a:,.0f})" for name, a in ANCHORS.items())],
                            anchor_rows))
     if memory_rows:

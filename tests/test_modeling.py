@@ -4,15 +4,18 @@ inputs raise errors naming the bad value."""
 
 from __future__ import annotations
 
+import copy
 from collections import Counter
 
 import pytest
 import torch
+import torch.nn.functional as F
 from conftest import BOS, EOS, FIRST_REAL, GRID, PAD, VOCAB, decoder_vocab, grid_id, make_model, random_ids
+from torch import nn
 from transformers import DataCollatorForSeq2Seq
 
 from modeling_s2s import S2SDecoderCache, S2SEncoderOutput, S2SModel
-from modeling_s2s.modeling_s2s import shift_tokens_right
+from modeling_s2s.modeling_s2s import S2SDecoder, shift_tokens_right
 
 ATOL = 1e-5
 SOURCE_LENGTHS = [7, 3, 5]
@@ -399,3 +402,36 @@ def test_missing_decoder_inputs_and_tuple_encoder_outputs_raise():
         "labels",
         "(2, 2)",
     )
+
+
+@pytest.mark.parametrize("options", [GRID[0], GRID[1], GRID[3], GRID[4]], ids=grid_id)
+def test_stepping_the_rnn_module_equals_the_step_cell(monkeypatch, options):
+    """The path a quantised decoder RNN takes (calling `decoder.rnn` one position at a time) computes the same
+    as the step cell built from the RNN's float weights."""
+    model = make_model(**options)
+    ids, mask = random_ids(SOURCE_LENGTHS)
+    decoder_input_ids = _decoder_inputs(model, len(SOURCE_LENGTHS), 6)
+    with torch.no_grad():
+        reference = model(input_ids=ids, attention_mask=mask, decoder_input_ids=decoder_input_ids).logits
+        monkeypatch.setattr(S2SDecoder, "_step_cell", S2SDecoder._module_step_cell)
+        module_stepped = model(input_ids=ids, attention_mask=mask, decoder_input_ids=decoder_input_ids).logits
+    torch.testing.assert_close(module_stepped, reference, atol=ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("options", [GRID[0], GRID[3]], ids=grid_id)
+def test_dynamic_int8_quantisation_reaches_the_decoder_rnn(options):
+    from torch.ao.quantization import quantize_dynamic
+
+    model = make_model(**options)
+    quantized = quantize_dynamic(copy.deepcopy(model), {nn.LSTM, nn.GRU, nn.Linear}, dtype=torch.qint8)
+    assert not hasattr(quantized.model.decoder.rnn, "weight_ih_l0")  # replaced by a quantised module
+    ids, mask = random_ids(SOURCE_LENGTHS)
+    decoder_input_ids = _decoder_inputs(model, len(SOURCE_LENGTHS), 6)
+    with torch.no_grad():
+        logits = model(input_ids=ids, attention_mask=mask, decoder_input_ids=decoder_input_ids).logits
+        int8_logits = quantized(input_ids=ids, attention_mask=mask, decoder_input_ids=decoder_input_ids).logits
+        generated = quantized.generate(input_ids=ids, attention_mask=mask, num_beams=3, max_new_tokens=5)
+    assert not torch.equal(int8_logits, logits)  # really computed in int8 ...
+    similarity = F.cosine_similarity(int8_logits.flatten(), logits.flatten(), dim=0)
+    assert similarity > 0.99, similarity  # ... and close to fp32
+    assert generated.shape[0] == len(SOURCE_LENGTHS) and generated.shape[1] <= 6
