@@ -1085,8 +1085,7 @@ class S2SForConditionalGeneration(S2SPreTrainedModel, GenerationMixin):
         attentions and hidden states cover the whole batch, so asking for them keeps every row.
         """
         eos_token_ids = next((c.eos_token_id for c in stopping_criteria if isinstance(c, EosTokenCriteria)), None)
-        wants_per_step_tensors = generation_config.output_attentions or generation_config.output_hidden_states
-        if eos_token_ids is not None and not wants_per_step_tensors:
+        if eos_token_ids is not None and self._may_drop_rows(generation_config, model_kwargs):
             model_kwargs["finished_rows_eos_token_ids"] = eos_token_ids
         return super()._sample(input_ids, logits_processor, stopping_criteria, generation_config, **model_kwargs)
 
@@ -1099,14 +1098,21 @@ class S2SForConditionalGeneration(S2SPreTrainedModel, GenerationMixin):
         (`S2SDecoderCache.drop_finished_rows`) and cost nothing. The returned hypotheses and scores are the same.
         Beam sampling and per-step attentions/hidden states keep every beam.
         """
-        wants_per_step_tensors = generation_config.output_attentions or generation_config.output_hidden_states
-        self._drop_settled_beams = not (wants_per_step_tensors or generation_config.do_sample)
+        may_drop = self._may_drop_rows(generation_config, model_kwargs)
+        self._drop_settled_beams = may_drop and not generation_config.do_sample
         try:
             return super()._beam_search(
                 input_ids, logits_processor, stopping_criteria, generation_config, **model_kwargs
             )
         finally:
             self._drop_settled_beams, self._settled_sentences = False, None
+
+    @staticmethod
+    def _may_drop_rows(generation_config, model_kwargs: dict) -> bool:
+        # Per-step attentions/hidden states are returned for the whole batch. With `synced_gpus` every process
+        # must run the whole model (its collectives) on every step, even once all its rows are done.
+        wants_per_step_tensors = generation_config.output_attentions or generation_config.output_hidden_states
+        return not (wants_per_step_tensors or model_kwargs.get("synced_gpus", False))
 
     def _beam_search_has_unfinished_sequences(
         self, is_early_stop_heuristic_unsatisfied, is_sent_finished, next_token_hits_stopping_criteria, early_stopping
@@ -1143,7 +1149,7 @@ class S2SForConditionalGeneration(S2SPreTrainedModel, GenerationMixin):
         self,
         decoder_input_ids: torch.LongTensor,
         attention_mask: torch.Tensor | None,
-        encoder_outputs: S2SEncoderOutput,
+        encoder_outputs: S2SEncoderOutput | None,
         cache: S2SDecoderCache,
         return_dict: bool,
     ) -> Seq2SeqLMOutput | tuple:
@@ -1151,6 +1157,11 @@ class S2SForConditionalGeneration(S2SPreTrainedModel, GenerationMixin):
 
         decoder_input_ids: (B, T) and attention_mask: (B, S) over the whole batch; logits: (B, T, V).
         """
+        if encoder_outputs is None:
+            raise ValueError(
+                "This cache has dropped finished rows (`active_rows`); pass the whole batch's `encoder_outputs` "
+                "with it, as generate() does."
+            )
         rows = cache.active_rows
         batch_size, length = decoder_input_ids.shape
         active_logits = None

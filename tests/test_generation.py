@@ -384,3 +384,5 @@ def test_forward_with_every_row_finished_makes_pad_certain():
     assert logits.shape == (2, 1, model.config.decoder_vocab_size)
     assert torch.equal(logits.argmax(-1), torch.full((2, 1), PAD))
     assert torch.equal(logits.softmax(-1)[..., PAD], torch.ones(2, 1))
+    with pytest.raises(ValueError, match="dropped finished rows"):
+        model(input_ids=ids, attention_mask=mask, decoder_input_ids=start, past_key_values=cache)
