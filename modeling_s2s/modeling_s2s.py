@@ -685,7 +685,8 @@ class S2SDecoder(nn.Module):
         return torch.cat(outputs, dim=1), torch.cat(cross_weights, dim=2), self_attention
 
     def _step_cell(self, embeddings: torch.Tensor):
-        """A function (t, extra_inputs, hidden, cell) -> (hidden, cell) advancing every layer by position t.
+        """A function (t, extra_inputs, hidden, cell) -> (hidden, cell) advancing every layer by position t
+        (it may update the `hidden`/`cell` lists in place).
 
         embeddings: (B, T, E); extra_inputs: the (B, H) input feed and/or Bahdanau context of step t; hidden and
         cell: per-layer lists of (B, H) (cell entries None for GRU).
@@ -710,7 +711,6 @@ class S2SDecoder(nn.Module):
                 gates = embedding_gates[t]
                 if extra_inputs:
                     gates = gates + F.linear(torch.cat(extra_inputs, dim=-1), w_extra)
-            hidden, cell = list(hidden), list(cell)
             for layer, (w_ih, w_hh, b_ih, b_hh) in enumerate(weights):
                 if layer > 0:
                     below = F.dropout(hidden[layer - 1], self.rnn.dropout, self.training)
