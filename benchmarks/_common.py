@@ -191,8 +191,9 @@ def pad_batch(sequences: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Te
 
 
 def training_batches(tokenizer, batch_size: int = 64, seed: int = 0, mega: int = 50) -> list[dict[str, torch.Tensor]]:
-    """All Multi30k training pairs as length-grouped batches (like `group_by_length` in the Trainer: shuffled,
-    cut into mega-batches of `mega` batches, sorted by length within each), then shuffled."""
+    """All Multi30k training pairs as length-grouped batches (like `group_by_length` in the package's trainer:
+    shuffled, cut into mega-batches of `mega` batches, sorted by target then source length within each, see
+    `modeling_s2s.data.pair_length_keys`), then shuffled."""
     sources, targets = load_pairs("train")
     source_ids, target_ids = tokenize(tokenizer, sources), tokenize(tokenizer, targets)
     order = list(range(len(source_ids)))
@@ -201,7 +202,7 @@ def training_batches(tokenizer, batch_size: int = 64, seed: int = 0, mega: int =
     groups = []
     span = batch_size * mega
     for start in range(0, len(order), span):
-        chunk = sorted(order[start : start + span], key=lambda i: len(source_ids[i]), reverse=True)
+        chunk = sorted(order[start : start + span], key=lambda i: (len(target_ids[i]), len(source_ids[i])), reverse=True)
         groups += [chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size)]
     groups = [g for g in groups if len(g) == batch_size]
     rng.shuffle(groups)

@@ -70,6 +70,7 @@ from transformers import (
 from transformers.trainer_utils import SchedulerType
 
 from .configuration_s2s import S2SConfig
+from .data import pair_length_keys
 from .modeling_s2s import S2SForConditionalGeneration
 from .pipeline_s2s import save_for_pipeline
 from .training import (
@@ -478,7 +479,8 @@ class EpochSampler(Sampler[int]):
     """Sample order that depends only on `(seed, epoch)`: the same for every number of processes and on resume.
 
     `random`: a permutation seeded with `seed + epoch`; `sequential`: 0..n-1; `group_by_length`: the permutation
-    cut into megabatches of `megabatch_size` examples, each sorted by length (longest first), so consecutive
+    cut into megabatches of `megabatch_size` examples, each sorted by length key (longest first; see
+    `data.pair_length_keys`), so consecutive
     batches hold similar lengths. The sampler never touches the global torch RNG (dropout stays reproducible).
     """
 
@@ -533,10 +535,10 @@ class _MainProcessFirst:
 
 
 def _train_dataloader(dataset, collator, args: AccelerateArguments, world_size: int) -> DataLoader:
-    lengths = dataset["input_ids"] if args.train_sampling_strategy == "group_by_length" else None
+    lengths = pair_length_keys(dataset) if args.train_sampling_strategy == "group_by_length" else None
     sampler = EpochSampler(
         len(dataset), args.seed, args.train_sampling_strategy,
-        lengths=[len(x) for x in lengths] if lengths is not None else None,
+        lengths=lengths,
         megabatch_size=50 * args.per_device_train_batch_size * world_size,
     )
     return DataLoader(

@@ -19,6 +19,7 @@ from modeling_s2s.data import (  # noqa: E402
     filter_by_length,
     load_parallel_data,
     make_preprocess_function,
+    pair_length_keys,
     preprocess_function,
 )
 from modeling_s2s.tokenization import EOS_ID, train_tokenizer  # noqa: E402
@@ -530,3 +531,18 @@ def test_jsonl_falls_back_to_direct_reading_when_the_datasets_loader_fails(tmp_p
     monkeypatch.setattr(data_module.datasets, "load_dataset", failing_load_dataset)
     path = write_jsonl(tmp_path / "train.jsonl", extra=True)
     assert rows(load_train(path, tmp_path)["train"]) == EXPECTED
+
+
+def test_pair_length_keys_sort_by_target_then_source_length():
+    dataset = Dataset.from_dict({
+        "input_ids": [[1] * 3, [1] * 9, [1] * 2, [1] * 5],
+        "labels": [[1] * 4, [1] * 4, [1] * 7, [1] * 1],
+    })
+    keys = pair_length_keys(dataset)
+    pairs = [(len(t), len(s)) for s, t in zip(dataset["input_ids"], dataset["labels"])]
+    assert sorted(range(4), key=keys.__getitem__) == sorted(range(4), key=pairs.__getitem__) == [3, 0, 1, 2]
+
+
+def test_pair_length_keys_needs_tokenized_pairs():
+    with pytest.raises(ValueError, match=r"missing columns \['labels'\]"):
+        pair_length_keys(Dataset.from_dict({"input_ids": [[1, 2]]}))

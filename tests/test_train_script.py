@@ -165,3 +165,34 @@ def test_bad_data_fails_before_anything_is_written(tmp_path):
     with pytest.raises(ValueError, match=r"train\.jsonl.*line 2|line 2.*train\.jsonl"):
         _train(_args(output_dir, "--train_file", str(bad)))
     assert not output_dir.exists() or not any(output_dir.iterdir())
+
+
+def test_group_by_length_batches_targets_of_equal_length(tmp_path):
+    """The Trainer's length grouping keys on target length (the decoder steps through the longest target)."""
+    import random
+
+    from datasets import Dataset
+    from transformers import Seq2SeqTrainingArguments
+    from transformers.trainer_pt_utils import LengthGroupedSampler
+
+    from modeling_s2s.training import S2STrainer
+
+    rng = random.Random(0)
+    sources = [[5] * rng.randint(1, 30) for _ in range(512)]
+    targets = [[5] * rng.randint(1, 30) for _ in range(512)]  # independent of the source lengths
+    dataset = Dataset.from_dict({"input_ids": sources, "labels": targets})
+    args = Seq2SeqTrainingArguments(
+        output_dir=str(tmp_path), per_device_train_batch_size=16, train_sampling_strategy="group_by_length",
+        use_cpu=True, report_to=[],
+    )
+    trainer = S2STrainer(model=torch.nn.Linear(1, 1), args=args, train_dataset=dataset)
+    sampler = trainer._get_train_sampler()
+    assert isinstance(sampler, LengthGroupedSampler)
+    order = list(sampler)
+    assert sorted(order) == list(range(512))
+    # transformers cuts the permutation into megabatches of min(512 // (16 * 4), 50) * 16 = 128 examples and sorts
+    # each by the key, longest first (then swaps the overall longest example to the very front)
+    for start in range(0, 512, 128):
+        megabatch = order[start : start + 128][1:]
+        keys = [(len(targets[i]), len(sources[i])) for i in megabatch]
+        assert keys == sorted(keys, reverse=True)
