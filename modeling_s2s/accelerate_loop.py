@@ -479,9 +479,9 @@ class EpochSampler(Sampler[int]):
     """Sample order that depends only on `(seed, epoch)`: the same for every number of processes and on resume.
 
     `random`: a permutation seeded with `seed + epoch`; `sequential`: 0..n-1; `group_by_length`: the permutation
-    cut into megabatches of `megabatch_size` examples, each sorted by length key (longest first; see
-    `data.pair_length_keys`), so consecutive
-    batches hold similar lengths. The sampler never touches the global torch RNG (dropout stays reproducible).
+    cut into megabatches of `megabatch_size` examples, each sorted by its length keys (longest first; the
+    training loop passes `data.pair_length_keys`: target length, then source length), so consecutive batches
+    hold similar lengths. The sampler never touches the global torch RNG (dropout stays reproducible).
     """
 
     def __init__(
