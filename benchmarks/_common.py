@@ -194,6 +194,10 @@ def training_batches(tokenizer, batch_size: int = 64, seed: int = 0, mega: int =
     """All Multi30k training pairs as length-grouped batches (like `group_by_length` in the package's trainer:
     shuffled, cut into mega-batches of `mega` batches, sorted by target then source length within each, see
     `modeling_s2s.data.pair_length_keys`), then shuffled."""
+    from datasets import Dataset
+
+    from modeling_s2s.data import pair_length_keys
+
     sources, targets = load_pairs("train")
     source_ids, target_ids = tokenize(tokenizer, sources), tokenize(tokenizer, targets)
     order = list(range(len(source_ids)))
@@ -201,8 +205,9 @@ def training_batches(tokenizer, batch_size: int = 64, seed: int = 0, mega: int =
     rng.shuffle(order)
     groups = []
     span = batch_size * mega
+    keys = pair_length_keys(Dataset.from_dict({"input_ids": source_ids, "labels": target_ids}))
     for start in range(0, len(order), span):
-        chunk = sorted(order[start : start + span], key=lambda i: (len(target_ids[i]), len(source_ids[i])), reverse=True)
+        chunk = sorted(order[start : start + span], key=keys.__getitem__, reverse=True)
         groups += [chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size)]
     groups = [g for g in groups if len(g) == batch_size]
     rng.shuffle(groups)
