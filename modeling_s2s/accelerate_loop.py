@@ -175,7 +175,7 @@ class AccelerateArguments:
     train_sampling_strategy: str = field(
         default="random",
         metadata={"help": "'random' (reshuffled every epoch), 'sequential', or 'group_by_length' (random "
-                          "megabatches sorted by source length, less padding)."},
+                          "megabatches sorted by length, less padding; see --length_grouping)."},
     )
     dataloader_drop_last: bool = field(default=False, metadata={"help": "Drop the last incomplete batch."})
     dataloader_num_workers: int = field(default=0, metadata={"help": "DataLoader worker processes."})
@@ -534,8 +534,11 @@ class _MainProcessFirst:
         return self.accelerator.main_process_first()
 
 
-def _train_dataloader(dataset, collator, args: AccelerateArguments, world_size: int) -> DataLoader:
-    lengths = pair_length_keys(dataset) if args.train_sampling_strategy == "group_by_length" else None
+def _train_dataloader(
+    dataset, collator, args: AccelerateArguments, world_size: int, length_grouping: str = "target"
+) -> DataLoader:
+    grouped = args.train_sampling_strategy == "group_by_length"
+    lengths = pair_length_keys(dataset, first=length_grouping) if grouped else None
     sampler = EpochSampler(
         len(dataset), args.seed, args.train_sampling_strategy,
         lengths=lengths,
@@ -875,7 +878,7 @@ def run_accelerate_training(
         raise LaunchError("--do_predict needs a test split (--test_file).")
 
     if args.do_train:
-        train_loader = _train_dataloader(datasets["train"], collator, args, world)
+        train_loader = _train_dataloader(datasets["train"], collator, args, world, data_args.length_grouping)
         train_sampler = train_loader.sampler
         no_decay = ("bias",)
         groups = [

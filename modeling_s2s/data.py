@@ -660,22 +660,30 @@ def make_preprocess_function(
     return preprocess
 
 
-def pair_length_keys(dataset: Dataset) -> list[int]:
-    """Length-grouping keys of tokenized pairs: target length first, then source length.
+LENGTH_GROUPINGS = ("target", "source")
 
-    An RNN decoder runs one step per position of the longest target in a batch, so batches should hold targets
-    of equal length; the packed encoder only pays for real source tokens. (Grouping Multi30k by source length,
-    as transformers' `group_by_length` does, leaves about 30 % of a batch's target positions as padding.)
 
-    Returns one int per example that sorts as `(len(labels), len(input_ids))`.
+def pair_length_keys(dataset: Dataset, first: str = "target") -> list[int]:
+    """Length-grouping keys of tokenized pairs: by target length, then source length (or the other way round).
+
+    An RNN decoder runs one step per position of the longest target in a batch, so `first="target"` gives batches
+    of targets of equal length; the packed encoder only pays for real source tokens. (Grouping Multi30k by source
+    length, as transformers' `group_by_length` does, leaves about 30 % of a batch's target positions as padding.)
+    `first="source"` sorts by source length, then target length.
+
+    Returns one int per example that sorts as `(len(labels), len(input_ids))`, or as
+    `(len(input_ids), len(labels))` with `first="source"`.
     """
+    if first not in LENGTH_GROUPINGS:
+        raise ValueError(f"length grouping {first!r} is not one of {LENGTH_GROUPINGS}.")
     missing = [c for c in ("input_ids", "labels") if c not in dataset.column_names]
     if missing:
         raise ValueError(f"pair_length_keys needs a tokenized dataset; missing columns {missing}.")
     sources = [len(ids) for ids in dataset["input_ids"]]
     targets = [len(ids) for ids in dataset["labels"]]
-    width = max(sources, default=0) + 1
-    return [target * width + source for target, source in zip(targets, sources)]
+    major, minor = (targets, sources) if first == "target" else (sources, targets)
+    width = max(minor, default=0) + 1
+    return [m * width + n for m, n in zip(major, minor)]
 
 
 def filter_by_length(

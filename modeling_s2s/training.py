@@ -32,7 +32,7 @@ from transformers.trainer_pt_utils import LengthGroupedSampler
 from transformers.trainer_utils import get_last_checkpoint
 
 from .configuration_s2s import S2SConfig
-from .data import pair_length_keys
+from .data import LENGTH_GROUPINGS, pair_length_keys
 from .modeling_s2s import S2SForConditionalGeneration
 from .pipeline_s2s import save_for_pipeline
 
@@ -90,11 +90,20 @@ class DataArguments:
     time_budget_clock: str = field(
         default="wall", metadata={"help": "'wall' or 'process' (CPU time / threads) for max_train_minutes."}
     )
+    length_grouping: str = field(
+        default="target",
+        metadata={"help": "How `group_by_length` sorts pairs: 'target' (target length, then source length; the "
+                  "least decoder padding) or 'source' (source length, then target length)."},
+    )
     eval_num_beams: int = field(default=5, metadata={"help": "Beam size of the final validation/test evaluation."})
     eval_length_penalty: float = field(default=1.0, metadata={"help": "Length penalty of the final evaluation."})
     overwrite_output_dir: bool = field(
         default=False, metadata={"help": "Allow writing into an output_dir that already holds a trained model."}
     )
+
+    def __post_init__(self):
+        if self.length_grouping not in LENGTH_GROUPINGS:
+            raise ValueError(f"`length_grouping`={self.length_grouping!r} must be one of {LENGTH_GROUPINGS}.")
 
 
 class TimeBudgetCallback(TrainerCallback):
@@ -137,8 +146,15 @@ class S2STrainer(Seq2SeqTrainer):
 
     transformers groups by the length of `input_ids`; an RNN decoder steps through the longest target of each
     batch, so on Multi30k that left 30 % of the target positions as padding (3 % with these keys) and trained
-    1.25× slower (`data.pair_length_keys`, benchmarks/README.md).
+    1.25× slower (`data.pair_length_keys`, benchmarks/README.md). `length_grouping="source"` sorts by source
+    length, then target length.
     """
+
+    def __init__(self, *args, length_grouping: str = "target", **kwargs):
+        if length_grouping not in LENGTH_GROUPINGS:
+            raise ValueError(f"`length_grouping`={length_grouping!r} must be one of {LENGTH_GROUPINGS}.")
+        self.length_grouping = length_grouping
+        super().__init__(*args, **kwargs)
 
     def _get_train_sampler(self, train_dataset=None):
         dataset = self.train_dataset if train_dataset is None else train_dataset
@@ -146,7 +162,8 @@ class S2STrainer(Seq2SeqTrainer):
         if self.args.train_sampling_strategy != "group_by_length" or not {"input_ids", "labels"} <= set(columns):
             return super()._get_train_sampler(train_dataset)
         return LengthGroupedSampler(
-            self.args.train_batch_size * self.args.gradient_accumulation_steps, lengths=pair_length_keys(dataset)
+            self.args.train_batch_size * self.args.gradient_accumulation_steps,
+            lengths=pair_length_keys(dataset, first=self.length_grouping),
         )
 
 
@@ -336,6 +353,7 @@ def run_training(
         data_collator=DataCollatorForSeq2Seq(tokenizer, model=model, label_pad_token_id=-100),
         compute_metrics=make_compute_metrics(tokenizer) if training_args.predict_with_generate else None,
         callbacks=callbacks,
+        length_grouping=data_args.length_grouping,
     )
 
     metrics: dict[str, Any] = {"num_parameters": num_parameters}

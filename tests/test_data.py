@@ -543,6 +543,21 @@ def test_pair_length_keys_sort_by_target_then_source_length():
     assert sorted(range(4), key=keys.__getitem__) == sorted(range(4), key=pairs.__getitem__) == [3, 0, 1, 2]
 
 
+def test_pair_length_keys_source_first_sorts_by_source_then_target_length():
+    dataset = Dataset.from_dict({
+        "input_ids": [[1] * 3, [1] * 9, [1] * 3, [1] * 5],
+        "labels": [[1] * 4, [1] * 4, [1] * 7, [1] * 12],
+    })
+    keys = pair_length_keys(dataset, first="source")
+    assert sorted(range(4), key=keys.__getitem__) == [0, 2, 3, 1]
+
+
+def test_pair_length_keys_rejects_an_unknown_grouping():
+    dataset = Dataset.from_dict({"input_ids": [[1, 2]], "labels": [[1]]})
+    with pytest.raises(ValueError, match=r"'longest' is not one of \('target', 'source'\)"):
+        pair_length_keys(dataset, first="longest")
+
+
 def test_pair_length_keys_needs_tokenized_pairs():
     with pytest.raises(ValueError, match=r"missing columns \['labels'\]"):
         pair_length_keys(Dataset.from_dict({"input_ids": [[1, 2]]}))

@@ -167,8 +167,10 @@ def test_bad_data_fails_before_anything_is_written(tmp_path):
     assert not output_dir.exists() or not any(output_dir.iterdir())
 
 
-def test_group_by_length_batches_targets_of_equal_length(tmp_path):
-    """The Trainer's length grouping keys on target length (the decoder steps through the longest target)."""
+@pytest.mark.parametrize("grouping", ["target", "source"])
+def test_group_by_length_sorts_megabatches_by_the_chosen_length(tmp_path, grouping):
+    """`--length_grouping target` (default) keys on target length (the decoder steps through the longest target);
+    `source` on source length; the other length breaks ties."""
     import random
 
     from datasets import Dataset
@@ -185,7 +187,7 @@ def test_group_by_length_batches_targets_of_equal_length(tmp_path):
         output_dir=str(tmp_path), per_device_train_batch_size=16, train_sampling_strategy="group_by_length",
         use_cpu=True, report_to=[],
     )
-    trainer = S2STrainer(model=torch.nn.Linear(1, 1), args=args, train_dataset=dataset)
+    trainer = S2STrainer(model=torch.nn.Linear(1, 1), args=args, train_dataset=dataset, length_grouping=grouping)
     sampler = trainer._get_train_sampler()
     assert isinstance(sampler, LengthGroupedSampler)
     order = list(sampler)
@@ -194,5 +196,13 @@ def test_group_by_length_batches_targets_of_equal_length(tmp_path):
     # each by the key, longest first (then swaps the overall longest example to the very front)
     for start in range(0, 512, 128):
         megabatch = order[start : start + 128][1:]
-        keys = [(len(targets[i]), len(sources[i])) for i in megabatch]
+        pairs = [(len(targets[i]), len(sources[i])) for i in megabatch]
+        keys = pairs if grouping == "target" else [(s, t) for t, s in pairs]
         assert keys == sorted(keys, reverse=True)
+
+
+def test_unknown_length_grouping_is_refused_before_anything_is_written(tmp_path):
+    output_dir = tmp_path / "out"
+    with pytest.raises(ValueError, match=r"`length_grouping`='tgt' must be one of \('target', 'source'\)"):
+        parse_arguments(["--output_dir", str(output_dir), "--length_grouping", "tgt"])
+    assert not output_dir.exists()
