@@ -190,10 +190,12 @@ def pad_batch(sequences: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Te
     return ids, mask
 
 
-def training_batches(tokenizer, batch_size: int = 64, seed: int = 0, mega: int = 50) -> list[dict[str, torch.Tensor]]:
+def training_batches(
+    tokenizer, batch_size: int = 64, seed: int = 0, mega: int = 50, grouping: str = "source"
+) -> list[dict[str, torch.Tensor]]:
     """All Multi30k training pairs as length-grouped batches (like `group_by_length` in the package's trainer:
-    shuffled, cut into mega-batches of `mega` batches, sorted by target then source length within each, see
-    `modeling_s2s.data.pair_length_keys`), then shuffled."""
+    shuffled, cut into mega-batches of `mega` batches, sorted within each by `modeling_s2s.data.pair_length_keys`
+    with `first=grouping`, i.e. `--length_grouping`), then shuffled."""
     from datasets import Dataset
 
     from modeling_s2s.data import pair_length_keys
@@ -205,7 +207,7 @@ def training_batches(tokenizer, batch_size: int = 64, seed: int = 0, mega: int =
     rng.shuffle(order)
     groups = []
     span = batch_size * mega
-    keys = pair_length_keys(Dataset.from_dict({"input_ids": source_ids, "labels": target_ids}))
+    keys = pair_length_keys(Dataset.from_dict({"input_ids": source_ids, "labels": target_ids}), first=grouping)
     for start in range(0, len(order), span):
         chunk = sorted(order[start : start + span], key=keys.__getitem__, reverse=True)
         groups += [chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size)]

@@ -49,6 +49,7 @@ from _common import (
     get_tokenizer,
     load_model,
     load_pairs,
+    matmul_peak_gflops,
     peak_rss_mb,
     print_footer,
     print_header,
@@ -134,6 +135,40 @@ def bleu(tokenizer, outputs: list[list[int]], references: list[str]) -> float:
     return sacrebleu.corpus_bleu(hypotheses, [references]).score
 
 
+MATMUL_OPS = ("aten::mm", "aten::addmm", "aten::bmm")
+
+
+def print_profiles(runner: Runner, variants: dict[str, nn.Module], batches, beam_sizes, threads: int) -> None:
+    """Where decoding time goes: the share spent in float matrix multiplies and the rate they run at, against the
+    fp32 matmul peak of this machine. Close to the peak, decoding is bound by the model's arithmetic, and only
+    less arithmetic (int8, bf16, fewer rows) makes it faster."""
+    from torch.profiler import ProfilerActivity, profile
+
+    peak = matmul_peak_gflops(threads)
+    rows, tables = [], []
+    for name, variant in variants.items():
+        for beams in beam_sizes:
+            with profile(activities=[ProfilerActivity.CPU], with_flops=True) as prof:
+                start = time.perf_counter()
+                for _, ids, mask in batches:
+                    runner.generate(variant, ids, mask, beams)
+                seconds = time.perf_counter() - start
+            averages = prof.key_averages()
+            matmuls = [e for e in averages if e.key in MATMUL_OPS]
+            matmul_seconds = sum(e.self_cpu_time_total for e in matmuls) / 1e6
+            gflop = sum(e.flops for e in matmuls) / 1e9
+            profiled = sum(e.self_cpu_time_total for e in averages) / 1e6
+            rows.append([name, beams, seconds, matmul_seconds / profiled, gflop, gflop / matmul_seconds,
+                         gflop / matmul_seconds / peak])
+            tables.append((f"{name}, beams {beams}", averages.table(sort_by="self_cpu_time_total", row_limit=12)))
+    print(f"\n## Profile over the batch-{batches[0][1].shape[0]} run (fp32 matmul peak here {peak:.0f} GFLOP/s)\n")
+    print(format_table(["decoder", "beams", "seconds (profiled)", "float matmul share of op time", "GFLOP",
+                        "matmul GFLOP/s", "× fp32 peak"], rows))
+    for title, table in tables:
+        print(f"\n### {title}\n")
+        print(table)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model_dir", help="trained model directory (with tokenizer); default: untrained base")
@@ -149,7 +184,9 @@ def main() -> None:
     parser.add_argument("--no-quantize", action="store_true")
     parser.add_argument("--compile", action="store_true", help="also try torch.compile of the decoder")
     parser.add_argument("--bf16", action="store_true", help="also decode with the weights cast to bfloat16")
-    parser.add_argument("--profile", action="store_true", help="profile one batch-64 greedy batch, fp32 and int8")
+    parser.add_argument("--profile", action="store_true",
+                        help="profile every variant over the batch-64 run: share of time in matmuls and their "
+                             "GFLOP/s against the matmul peak measured here")
     args = parser.parse_args()
 
     setup_threads(args.threads)
@@ -265,14 +302,7 @@ def main() -> None:
         print(format_table(["decoder", "tok/s", *(f"× {name}" for name in ANCHORS)], anchor_rows))
 
     if args.profile:
-        from torch.profiler import ProfilerActivity, profile
-
-        for name, variant in variants.items():
-            ids, mask = full[0][1], full[0][2]
-            with profile(activities=[ProfilerActivity.CPU]) as prof:
-                runner.generate(variant, ids, mask, 1)
-            print(f"\n## Profile: {name}, greedy, first batch of {ids.shape[0]}\n")
-            print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15))
+        print_profiles(runner, variants, full, args.beams, args.threads)
     print_footer()
 
 

@@ -190,10 +190,10 @@ def onmt_translate(python: str, workdir: Path, source: Path, steps: int, beams: 
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def train_ours(tokenizer, steps: int, warmup: int, seed: int):
+def train_ours(tokenizer, steps: int, warmup: int, seed: int, grouping: str):
     from _common import build_model
 
-    batches = training_batches(tokenizer, seed=seed)
+    batches = training_batches(tokenizer, seed=seed, grouping=grouping)
     model = build_model("base", tokenizer, seed=seed)
     step = make_step(model, is_reference=False)
     tokens, seconds = 0, 0.0
@@ -215,6 +215,8 @@ def main() -> None:
     parser.add_argument("--max-sentences", type=int, default=1000, help="test sentences to translate")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--no-decode", action="store_true", help="training only")
+    parser.add_argument("--length-grouping", default="source", choices=("source", "target"),
+                        help="our batches' sort key, as the trainer's --length_grouping")
     parser.add_argument("--workdir", default=str(CACHE_DIR / "peers"))
     args = parser.parse_args()
 
@@ -240,7 +242,7 @@ def main() -> None:
 
     onmt = onmt_train(args.onmt_python, onmt_config(files, workdir, args.steps, args.seed), args.threads, workdir)
     print(f"onmt_train: {onmt['tok/s']:,.0f} target tok/s (its reports), {onmt['wall']:.0f} s in all", flush=True)
-    model, ours = train_ours(tokenizer, args.steps, warmup=10, seed=args.seed)
+    model, ours = train_ours(tokenizer, args.steps, warmup=10, seed=args.seed, grouping=args.length_grouping)
     print(f"S2S base:   {ours['tok/s']:,.0f} target tok/s", flush=True)
 
     print("\n## Training (target tokens/s, same shape, batches of 64 sentences (each toolkit's own length "

@@ -134,6 +134,8 @@ def main() -> None:
     parser.add_argument("--peak-seconds", type=float, default=2.0, help="duration of the matmul peak measurement")
     parser.add_argument("--profile", action="store_true", help="print a torch.profiler table of one S2S step")
     parser.add_argument("--seed", type=int, default=0, help="batch order")
+    parser.add_argument("--length-grouping", default="source", choices=("source", "target"),
+                        help="batch sort key, as the trainer's --length_grouping")
     parser.add_argument("--bf16", action="store_true", help="also time the S2S model under CPU bf16 autocast")
     args = parser.parse_args()
 
@@ -143,11 +145,12 @@ def main() -> None:
     hf_logging.set_verbosity_error()
     print_header("Training throughput: S2S model vs naive PyTorch reference (same batches, same weights)")
     tokenizer = get_tokenizer()
-    batches = training_batches(tokenizer, args.batch_size, seed=args.seed)
+    batches = training_batches(tokenizer, args.batch_size, seed=args.seed, grouping=args.length_grouping)
     warmup, timed = batches[: args.warmup], batches[args.warmup : args.warmup + args.steps]
     tokens = sum(int(b["labels"].ne(-100).sum()) for b in timed)
     source_tokens = sum(int(b["attention_mask"].sum()) for b in timed)
-    print(f"data: Multi30k de→en train, {len(batches)} length-grouped batches of {args.batch_size}; "
+    print(f"data: Multi30k de→en train, {len(batches)} length-grouped batches of {args.batch_size} "
+          f"(--length-grouping {args.length_grouping}); "
           f"timed {len(timed)} batches = {tokens:,} target tokens ({tokens / len(timed):.0f}/batch), "
           f"{source_tokens:,} source tokens; warm-up {len(warmup)} batches")
     peak = matmul_peak_gflops(args.threads, seconds=args.peak_seconds)

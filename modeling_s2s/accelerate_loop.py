@@ -535,7 +535,7 @@ class _MainProcessFirst:
 
 
 def _train_dataloader(
-    dataset, collator, args: AccelerateArguments, world_size: int, length_grouping: str = "target"
+    dataset, collator, args: AccelerateArguments, world_size: int, length_grouping: str = "source"
 ) -> DataLoader:
     grouped = args.train_sampling_strategy == "group_by_length"
     lengths = pair_length_keys(dataset, first=length_grouping) if grouped else None

@@ -29,6 +29,7 @@ from typing import Any
 import torch
 from transformers import AutoModelForSeq2SeqLM, AutoTokenizer, Pipeline
 from transformers.pipelines import PIPELINE_REGISTRY
+from transformers.utils import cached_file
 
 #: Our own registry name; `"translation"` itself can't be registered in transformers v5 (removed task).
 PIPELINE_TASK = "s2s-text2text"
@@ -44,6 +45,25 @@ def _return_name(task: str) -> str:
     if task.startswith("translation"):
         return "translation"
     return RETURN_NAMES.get(task, "generated")
+
+
+def find_target_tokenizer(name_or_path: str, **kwargs: Any) -> Any:
+    """The tokenizer in the ``target_tokenizer/`` subfolder of a model directory or Hub repo, else None.
+
+    A Hub repo is looked up as `from_pretrained` does (the local cache when offline); ``kwargs`` (``revision``,
+    ``token``, ...) go to `AutoTokenizer.from_pretrained`.
+    """
+    if os.path.isdir(name_or_path):
+        folder = os.path.join(name_or_path, TARGET_TOKENIZER_SUBFOLDER)
+        return AutoTokenizer.from_pretrained(folder, **kwargs) if os.path.isdir(folder) else None
+    lookup = {k: v for k, v in kwargs.items() if k in ("revision", "token", "cache_dir", "local_files_only")}
+    config_file = cached_file(
+        name_or_path, "tokenizer_config.json", subfolder=TARGET_TOKENIZER_SUBFOLDER,
+        _raise_exceptions_for_missing_entries=False, _raise_exceptions_for_connection_errors=False, **lookup,
+    )
+    if config_file is None:
+        return None
+    return AutoTokenizer.from_pretrained(name_or_path, subfolder=TARGET_TOKENIZER_SUBFOLDER, **kwargs)
 
 
 class S2STextToTextPipeline(Pipeline):
@@ -66,7 +86,7 @@ class S2STextToTextPipeline(Pipeline):
         flattened to one dict per input when each input has a single result (as in transformers v4).
 
     Init-only argument ``target_tokenizer``: decodes the generations when source and target vocabularies are
-    separate. When omitted, a ``target_tokenizer/`` subfolder of a local model directory is used if present.
+    separate. When omitted, the ``target_tokenizer/`` subfolder of the model's directory or Hub repo is used if present.
     """
 
     _pipeline_calls_generate = True
@@ -88,9 +108,7 @@ class S2STextToTextPipeline(Pipeline):
 
     def _find_target_tokenizer(self) -> Any:
         name = getattr(self.model, "name_or_path", None) or getattr(self.model.config, "_name_or_path", None)
-        if name and os.path.isdir(os.path.join(str(name), TARGET_TOKENIZER_SUBFOLDER)):
-            return AutoTokenizer.from_pretrained(os.path.join(str(name), TARGET_TOKENIZER_SUBFOLDER))
-        return None
+        return find_target_tokenizer(str(name)) if name else None
 
     @property
     def decode_tokenizer(self) -> Any:

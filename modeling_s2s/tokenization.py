@@ -189,14 +189,15 @@ def load_tokenizers(
 ) -> tuple[PreTrainedTokenizerBase, PreTrainedTokenizerBase]:
     """Load ``(source_tokenizer, target_tokenizer)`` saved by :func:`save_tokenizers`.
 
-    With a joint vocabulary (no ``target_tokenizer/`` subfolder) both are the same object. ``kwargs`` go to
-    :meth:`AutoTokenizer.from_pretrained`. Only local directories are looked into for the subfolder.
+    With a joint vocabulary (no ``target_tokenizer/`` subfolder) both are the same object. ``path`` is a local
+    directory or a Hub repo id (looked up as `from_pretrained` does). ``kwargs`` go to
+    :meth:`AutoTokenizer.from_pretrained`.
     """
+    from .pipeline_s2s import find_target_tokenizer
+
     source = AutoTokenizer.from_pretrained(os.fspath(path), **kwargs)
-    target_dir = Path(path) / TARGET_TOKENIZER_SUBFOLDER
-    if target_dir.is_dir():
-        return source, AutoTokenizer.from_pretrained(os.fspath(target_dir), **kwargs)
-    return source, source
+    target = find_target_tokenizer(os.fspath(path), **kwargs)
+    return source, target if target is not None else source
 
 
 def special_token_kwargs(

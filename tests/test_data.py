@@ -533,28 +533,29 @@ def test_jsonl_falls_back_to_direct_reading_when_the_datasets_loader_fails(tmp_p
     assert rows(load_train(path, tmp_path)["train"]) == EXPECTED
 
 
-def test_pair_length_keys_sort_by_target_then_source_length():
-    dataset = Dataset.from_dict({
-        "input_ids": [[1] * 3, [1] * 9, [1] * 2, [1] * 5],
-        "labels": [[1] * 4, [1] * 4, [1] * 7, [1] * 1],
-    })
-    keys = pair_length_keys(dataset)
-    pairs = [(len(t), len(s)) for s, t in zip(dataset["input_ids"], dataset["labels"])]
-    assert sorted(range(4), key=keys.__getitem__) == sorted(range(4), key=pairs.__getitem__) == [3, 0, 1, 2]
-
-
-def test_pair_length_keys_source_first_sorts_by_source_then_target_length():
+def test_pair_length_keys_sort_by_source_then_target_length_by_default():
     dataset = Dataset.from_dict({
         "input_ids": [[1] * 3, [1] * 9, [1] * 3, [1] * 5],
         "labels": [[1] * 4, [1] * 4, [1] * 7, [1] * 12],
     })
-    keys = pair_length_keys(dataset, first="source")
-    assert sorted(range(4), key=keys.__getitem__) == [0, 2, 3, 1]
+    keys = pair_length_keys(dataset)
+    pairs = [(len(s), len(t)) for s, t in zip(dataset["input_ids"], dataset["labels"])]
+    assert sorted(range(4), key=keys.__getitem__) == sorted(range(4), key=pairs.__getitem__) == [0, 2, 3, 1]
+
+
+def test_pair_length_keys_target_first_sorts_by_target_then_source_length():
+    dataset = Dataset.from_dict({
+        "input_ids": [[1] * 3, [1] * 9, [1] * 2, [1] * 5],
+        "labels": [[1] * 4, [1] * 4, [1] * 7, [1] * 1],
+    })
+    keys = pair_length_keys(dataset, first="target")
+    pairs = [(len(t), len(s)) for s, t in zip(dataset["input_ids"], dataset["labels"])]
+    assert sorted(range(4), key=keys.__getitem__) == sorted(range(4), key=pairs.__getitem__) == [3, 0, 1, 2]
 
 
 def test_pair_length_keys_rejects_an_unknown_grouping():
     dataset = Dataset.from_dict({"input_ids": [[1, 2]], "labels": [[1]]})
-    with pytest.raises(ValueError, match=r"'longest' is not one of \('target', 'source'\)"):
+    with pytest.raises(ValueError, match=r"'longest' is not one of \('source', 'target'\)"):
         pair_length_keys(dataset, first="longest")
 
 

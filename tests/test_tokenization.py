@@ -5,6 +5,7 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import importlib.util  # noqa: E402
+import shutil  # noqa: E402
 import unicodedata  # noqa: E402
 from pathlib import Path  # noqa: E402
 
@@ -184,6 +185,40 @@ def test_separate_vocabularies(train_pairs, tmp_path):
     kwargs = special_token_kwargs(src_tok, tgt_tok)
     assert kwargs["vocab_size"] == 600 and kwargs["decoder_vocab_size"] == 500
     assert kwargs["share_encoder_decoder_embeddings"] is False
+
+
+def _as_hub_cache(folder: Path, cache: Path, repo_id: str, missing: tuple[str, ...] = ()) -> None:
+    """Lay `folder` out as huggingface_hub's cache holds a repo downloaded online: refs/main -> snapshots/<commit>,
+    and `.no_exist/<commit>/<file>` for each file the Hub answered 404 for (`missing`)."""
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = cache / f"models--{repo_id.replace('/', '--')}"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    shutil.copytree(folder, repo / "snapshots" / commit)
+    for name in missing:
+        marker = repo / ".no_exist" / commit / name
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.touch()
+
+
+@pytest.mark.parametrize("separate", [True, False])
+def test_load_tokenizers_from_a_hub_repo(train_pairs, tmp_path, separate):
+    """A Hub id finds the `target_tokenizer/` subfolder too (here through the offline cache)."""
+    source = train_tokenizer(iter_texts(train_pairs, ["de"]), vocab_size=600)
+    target = train_tokenizer(iter_texts(train_pairs, ["en"]), vocab_size=500) if separate else None
+    save_tokenizers(tmp_path / "saved", source, target)
+    from modeling_s2s.configuration_s2s import S2SConfig
+
+    S2SConfig(**special_token_kwargs(source, target)).save_pretrained(tmp_path / "saved")  # a model repo's config
+    # the target tokenizer's folder has no config.json: AutoTokenizer asks for it, the Hub says 404
+    missing = (f"{TARGET_TOKENIZER_SUBFOLDER}/config.json",) if separate else ()
+    _as_hub_cache(tmp_path / "saved", tmp_path / "cache", "someone/s2s-tokenizers", missing)
+    src_tok, tgt_tok = load_tokenizers("someone/s2s-tokenizers", cache_dir=tmp_path / "cache")
+    assert src_tok.get_vocab() == source.get_vocab()
+    if separate:
+        assert tgt_tok.get_vocab() == target.get_vocab()
+    else:
+        assert tgt_tok is src_tok
 
 
 def test_load_tokenizers_joint(trained, tmp_path):

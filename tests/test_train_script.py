@@ -167,10 +167,10 @@ def test_bad_data_fails_before_anything_is_written(tmp_path):
     assert not output_dir.exists() or not any(output_dir.iterdir())
 
 
-@pytest.mark.parametrize("grouping", ["target", "source"])
+@pytest.mark.parametrize("grouping", [None, "source", "target"])
 def test_group_by_length_sorts_megabatches_by_the_chosen_length(tmp_path, grouping):
-    """`--length_grouping target` (default) keys on target length (the decoder steps through the longest target);
-    `source` on source length; the other length breaks ties."""
+    """`--length_grouping source` (default) keys on source length, `target` on target length (the decoder steps
+    through the longest target); the other length breaks ties."""
     import random
 
     from datasets import Dataset
@@ -187,7 +187,8 @@ def test_group_by_length_sorts_megabatches_by_the_chosen_length(tmp_path, groupi
         output_dir=str(tmp_path), per_device_train_batch_size=16, train_sampling_strategy="group_by_length",
         use_cpu=True, report_to=[],
     )
-    trainer = S2STrainer(model=torch.nn.Linear(1, 1), args=args, train_dataset=dataset, length_grouping=grouping)
+    chosen = {} if grouping is None else {"length_grouping": grouping}
+    trainer = S2STrainer(model=torch.nn.Linear(1, 1), args=args, train_dataset=dataset, **chosen)
     sampler = trainer._get_train_sampler()
     assert isinstance(sampler, LengthGroupedSampler)
     order = list(sampler)
@@ -203,6 +204,6 @@ def test_group_by_length_sorts_megabatches_by_the_chosen_length(tmp_path, groupi
 
 def test_unknown_length_grouping_is_refused_before_anything_is_written(tmp_path):
     output_dir = tmp_path / "out"
-    with pytest.raises(ValueError, match=r"`length_grouping`='tgt' must be one of \('target', 'source'\)"):
+    with pytest.raises(ValueError, match=r"`length_grouping`='tgt' must be one of \('source', 'target'\)"):
         parse_arguments(["--output_dir", str(output_dir), "--length_grouping", "tgt"])
     assert not output_dir.exists()
