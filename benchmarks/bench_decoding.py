@@ -138,34 +138,32 @@ def bleu(tokenizer, outputs: list[list[int]], references: list[str]) -> float:
 MATMUL_OPS = ("aten::mm", "aten::addmm", "aten::bmm")
 
 
-def print_profiles(runner: Runner, variants: dict[str, nn.Module], batches, beam_sizes, threads: int) -> None:
-    """Where decoding time goes: the share spent in float matrix multiplies and the rate they run at, against the
-    fp32 matmul peak of this machine. Close to the peak, decoding is bound by the model's arithmetic, and only
-    less arithmetic (int8, bf16, fewer rows) makes it faster."""
+def print_profiles(
+    runner: Runner, variants: dict[str, nn.Module], batches, beam_sizes, threads: int, results: dict
+) -> None:
+    """Where decoding time goes: the float matmul FLOPs of the batch run (counted by torch.profiler: mm, addmm and
+    bmm; the encoder's fused LSTM kernel is not included) divided by the run's *unprofiled* time from the table
+    above, against the fp32 matmul peak of this machine; then the profiler's op table (profiling inflates the
+    cost of small ops, so read it for the ranking, not for absolute times)."""
     from torch.profiler import ProfilerActivity, profile
 
     peak = matmul_peak_gflops(threads)
+    batch_size = batches[0][1].shape[0]
     rows, tables = [], []
     for name, variant in variants.items():
         for beams in beam_sizes:
             with profile(activities=[ProfilerActivity.CPU], with_flops=True) as prof:
-                start = time.perf_counter()
                 for _, ids, mask in batches:
                     runner.generate(variant, ids, mask, beams)
-                seconds = time.perf_counter() - start
             averages = prof.key_averages()
-            matmuls = [e for e in averages if e.key in MATMUL_OPS]
-            matmul_seconds = sum(e.self_cpu_time_total for e in matmuls) / 1e6
-            gflop = sum(e.flops for e in matmuls) / 1e9
-            profiled = sum(e.self_cpu_time_total for e in averages) / 1e6
-            rows.append([name, beams, seconds, matmul_seconds / profiled, gflop, gflop / matmul_seconds,
-                         gflop / matmul_seconds / peak])
+            gflop = sum(e.flops for e in averages if e.key in MATMUL_OPS) / 1e9
+            seconds = results[(name, batch_size, beams)]["seconds"]
+            rows.append([name, beams, gflop, seconds, gflop / seconds, gflop / seconds / peak])
             tables.append((f"{name}, beams {beams}", averages.table(sort_by="self_cpu_time_total", row_limit=12)))
-    print(f"\n## Profile over the batch-{batches[0][1].shape[0]} run (fp32 matmul peak here {peak:.0f} GFLOP/s)\n")
-    print(format_table(["decoder", "beams", "seconds (profiled)", "float matmul share of op time", "GFLOP",
-                        "matmul GFLOP/s", "× fp32 peak"], rows))
+    print(f"\n## Float matmul work of the batch-{batch_size} run (fp32 matmul peak here {peak:.0f} GFLOP/s)\n")
+    print(format_table(["decoder", "beams", "matmul GFLOP", "seconds (unprofiled)", "GFLOP/s", "× fp32 peak"], rows))
     for title, table in tables:
-        print(f"\n### {title}\n")
+        print(f"\n### Profiler ops: {title}\n")
         print(table)
 
 
@@ -185,8 +183,8 @@ def main() -> None:
     parser.add_argument("--compile", action="store_true", help="also try torch.compile of the decoder")
     parser.add_argument("--bf16", action="store_true", help="also decode with the weights cast to bfloat16")
     parser.add_argument("--profile", action="store_true",
-                        help="profile every variant over the batch-64 run: share of time in matmuls and their "
-                             "GFLOP/s against the matmul peak measured here")
+                        help="profile every variant over the batch-64 run: its float matmul GFLOP/s against the "
+                             "matmul peak measured here, and the profiler's op table")
     args = parser.parse_args()
 
     setup_threads(args.threads)
@@ -302,7 +300,7 @@ def main() -> None:
         print(format_table(["decoder", "tok/s", *(f"× {name}" for name in ANCHORS)], anchor_rows))
 
     if args.profile:
-        print_profiles(runner, variants, full, args.beams, args.threads)
+        print_profiles(runner, variants, full, args.beams, args.threads, results)
     print_footer()
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import BOS, EOS, GRID, PAD, assert_same_generation, grid_id, make_model, random_ids
+from conftest import BOS, EOS, FIRST_REAL, GRID, PAD, assert_same_generation, grid_id, make_model, random_ids
 from transformers import GenerationMixin, LogitsProcessor, LogitsProcessorList
 
 from modeling_s2s import S2SDecoderCache, S2SForConditionalGeneration
@@ -370,6 +370,31 @@ def test_dropping_finished_rows_keeps_the_state_of_the_others():
     cache.reorder_cache(torch.tensor([1, 0, 3, 2]))
     assert torch.equal(cache.hidden, hidden[[3, 2]]) and torch.equal(cache.cell, -hidden[[3, 2]])
     assert cache.active_rows.tolist() == [2, 3]
+
+
+def test_rows_that_left_get_pad_certain_logits_at_every_later_step():
+    """The whole-batch logits buffer is reused between steps: a row that leaves must not keep its old logits."""
+    model = make_model(**GRID[0])
+    ids, mask = random_ids([4, 2, 3])
+    steps = torch.tensor([[FIRST_REAL], [FIRST_REAL + 1], [FIRST_REAL + 2]])
+    with torch.no_grad():
+        encoder_outputs = model.get_encoder()(input_ids=ids, attention_mask=mask)
+        start = torch.full((3, 1), BOS)
+        kept = model(encoder_outputs=encoder_outputs, decoder_input_ids=start, use_cache=True).past_key_values
+        cache = model(encoder_outputs=encoder_outputs, decoder_input_ids=start, use_cache=True).past_key_values
+        results = []
+        for finished in ([False, True, False], [True, True, False], [True, True, True]):
+            cache.drop_finished_rows(torch.tensor(finished))
+            pruned = model(encoder_outputs=encoder_outputs, decoder_input_ids=steps, past_key_values=cache).logits
+            full = model(encoder_outputs=encoder_outputs, decoder_input_ids=steps, past_key_values=kept).logits
+            results.append((finished, pruned.clone(), full))
+    for finished, pruned, full in results:
+        for row, done in enumerate(finished):
+            if done:
+                assert pruned[row, 0].argmax().item() == PAD
+                assert pruned[row, 0].softmax(-1)[PAD].item() == 1.0
+            else:
+                torch.testing.assert_close(pruned[row], full[row])
 
 
 def test_forward_with_every_row_finished_makes_pad_certain():
