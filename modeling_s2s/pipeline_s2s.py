@@ -56,6 +56,8 @@ def find_target_tokenizer(name_or_path: str, **kwargs: Any) -> Any:
     if os.path.isdir(name_or_path):
         folder = os.path.join(name_or_path, TARGET_TOKENIZER_SUBFOLDER)
         return AutoTokenizer.from_pretrained(folder, **kwargs) if os.path.isdir(folder) else None
+    if os.path.isabs(name_or_path) or name_or_path.count("/") > 1 or "\\" in name_or_path:
+        return None  # a local path that is gone (e.g. a model saved in a deleted temporary directory), not a repo id
     lookup = {k: v for k, v in kwargs.items() if k in ("revision", "token", "cache_dir", "local_files_only")}
     config_file = cached_file(
         name_or_path, "tokenizer_config.json", subfolder=TARGET_TOKENIZER_SUBFOLDER,

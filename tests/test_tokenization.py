@@ -221,6 +221,13 @@ def test_load_tokenizers_from_a_hub_repo(train_pairs, tmp_path, separate):
         assert tgt_tok is src_tok
 
 
+def test_no_target_tokenizer_for_a_path_that_is_gone(tmp_path):
+    from modeling_s2s.pipeline_s2s import find_target_tokenizer
+
+    assert find_target_tokenizer(str(tmp_path / "deleted" / "model")) is None
+    assert find_target_tokenizer("runs/deleted/model") is None
+
+
 def test_load_tokenizers_joint(trained, tmp_path):
     save_tokenizers(tmp_path, trained[0])
     source, target = load_tokenizers(tmp_path)
