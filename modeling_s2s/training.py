@@ -93,8 +93,8 @@ class DataArguments:
     length_grouping: str = field(
         default="source",
         metadata={"help": "How `group_by_length` sorts pairs: 'source' (source length, then target length) or "
-                  "'target' (target length, then source length: the least decoder padding and 1.25x faster steps, "
-                  "but lower BLEU in 25-minute Multi30k runs)."},
+                  "'target' (target length, then source length: the least decoder padding and 1.2-1.4x faster "
+                  "steps; lower BLEU in the 25-minute bf16 Multi30k runs, higher in the fp32 one)."},
     )
     eval_num_beams: int = field(default=5, metadata={"help": "Beam size of the final validation/test evaluation."})
     eval_length_penalty: float = field(default=1.0, metadata={"help": "Length penalty of the final evaluation."})
@@ -148,8 +148,8 @@ class S2STrainer(Seq2SeqTrainer):
     `length_grouping="source"` (default): source length, then target length — transformers sorts by the length of
     `input_ids` only; the tie-break trims target padding (25-minute bf16 run: 9.3 epochs instead of 8.3).
     `length_grouping="target"`: target length, then source length. An RNN decoder steps through the longest target
-    of each batch, so on Multi30k this cuts target padding from 30 % to 3 % and trains 1.25× faster per step, but
-    its 25-minute runs scored lower (benchmarks/RESULTS_quality.md).
+    of each batch, so on Multi30k this cuts target padding from 30 % to 3 % and trains 1.2–1.4× faster per step;
+    its 25-minute bf16 runs scored lower, its fp32 run higher (benchmarks/RESULTS_quality.md).
     """
 
     def __init__(self, *args, length_grouping: str = "source", **kwargs):
