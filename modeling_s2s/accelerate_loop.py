@@ -480,7 +480,7 @@ class EpochSampler(Sampler[int]):
 
     `random`: a permutation seeded with `seed + epoch`; `sequential`: 0..n-1; `group_by_length`: the permutation
     cut into megabatches of `megabatch_size` examples, each sorted by its length keys (longest first; the
-    training loop passes `data.pair_length_keys`: target length, then source length), so consecutive batches
+    training loop passes `data.pair_length_keys` for `--length_grouping`), so consecutive batches
     hold similar lengths. The sampler never touches the global torch RNG (dropout stays reproducible).
     """
 
@@ -535,7 +535,7 @@ class _MainProcessFirst:
 
 
 def _train_dataloader(
-    dataset, collator, args: AccelerateArguments, world_size: int, length_grouping: str = "source"
+    dataset, collator, args: AccelerateArguments, world_size: int, length_grouping: str
 ) -> DataLoader:
     grouped = args.train_sampling_strategy == "group_by_length"
     lengths = pair_length_keys(dataset, first=length_grouping) if grouped else None

@@ -663,6 +663,13 @@ def make_preprocess_function(
 LENGTH_GROUPINGS = ("source", "target")
 
 
+def check_length_grouping(value: str) -> str:
+    """`value` if it is one of `LENGTH_GROUPINGS`, else a ValueError naming it and the allowed values."""
+    if value not in LENGTH_GROUPINGS:
+        raise ValueError(f"`length_grouping`={value!r} must be one of {LENGTH_GROUPINGS}.")
+    return value
+
+
 def pair_length_keys(dataset: Dataset, first: str = "source") -> list[int]:
     """Length-grouping keys of tokenized pairs: by source length, then target length (or the other way round).
 
@@ -675,8 +682,7 @@ def pair_length_keys(dataset: Dataset, first: str = "source") -> list[int]:
     Returns one int per example that sorts as `(len(input_ids), len(labels))`, or as
     `(len(labels), len(input_ids))` with `first="target"`.
     """
-    if first not in LENGTH_GROUPINGS:
-        raise ValueError(f"length grouping {first!r} is not one of {LENGTH_GROUPINGS}.")
+    check_length_grouping(first)
     missing = [c for c in ("input_ids", "labels") if c not in dataset.column_names]
     if missing:
         raise ValueError(f"pair_length_keys needs a tokenized dataset; missing columns {missing}.")

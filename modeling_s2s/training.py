@@ -32,7 +32,7 @@ from transformers.trainer_pt_utils import LengthGroupedSampler
 from transformers.trainer_utils import get_last_checkpoint
 
 from .configuration_s2s import S2SConfig
-from .data import LENGTH_GROUPINGS, pair_length_keys
+from .data import check_length_grouping, pair_length_keys
 from .modeling_s2s import S2SForConditionalGeneration
 from .pipeline_s2s import save_for_pipeline
 
@@ -103,8 +103,7 @@ class DataArguments:
     )
 
     def __post_init__(self):
-        if self.length_grouping not in LENGTH_GROUPINGS:
-            raise ValueError(f"`length_grouping`={self.length_grouping!r} must be one of {LENGTH_GROUPINGS}.")
+        check_length_grouping(self.length_grouping)
 
 
 class TimeBudgetCallback(TrainerCallback):
@@ -153,9 +152,7 @@ class S2STrainer(Seq2SeqTrainer):
     """
 
     def __init__(self, *args, length_grouping: str = "source", **kwargs):
-        if length_grouping not in LENGTH_GROUPINGS:
-            raise ValueError(f"`length_grouping`={length_grouping!r} must be one of {LENGTH_GROUPINGS}.")
-        self.length_grouping = length_grouping
+        self.length_grouping = check_length_grouping(length_grouping)
         super().__init__(*args, **kwargs)
 
     def _get_train_sampler(self, train_dataset=None):

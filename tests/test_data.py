@@ -555,7 +555,7 @@ def test_pair_length_keys_target_first_sorts_by_target_then_source_length():
 
 def test_pair_length_keys_rejects_an_unknown_grouping():
     dataset = Dataset.from_dict({"input_ids": [[1, 2]], "labels": [[1]]})
-    with pytest.raises(ValueError, match=r"'longest' is not one of \('source', 'target'\)"):
+    with pytest.raises(ValueError, match=r"`length_grouping`='longest' must be one of \('source', 'target'\)"):
         pair_length_keys(dataset, first="longest")
 
 

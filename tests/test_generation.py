@@ -373,7 +373,8 @@ def test_dropping_finished_rows_keeps_the_state_of_the_others():
 
 
 def test_rows_that_left_get_pad_certain_logits_at_every_later_step():
-    """The whole-batch logits buffer is reused between steps: a row that leaves must not keep its old logits."""
+    """Dropped rows get pad-certain logits at every later step (not the logits of their last step), and the rows
+    still active get the same logits as in a cache that never dropped any."""
     model = make_model(**GRID[0])
     ids, mask = random_ids([4, 2, 3])
     steps = torch.tensor([[FIRST_REAL], [FIRST_REAL + 1], [FIRST_REAL + 2]])
