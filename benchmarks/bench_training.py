@@ -50,6 +50,8 @@ from _common import (
 )
 from reference_model import ReferenceSeq2Seq
 
+from modeling_s2s.training import keep_freed_memory_for_reuse
+
 # Anchors measured by the project owner on this machine type (2 CPU threads, base shape, batch 64).
 ANCHORS = {"OpenNMT-py 3.5.1": 2800.0, "JoeyNMT 2.3.0": 1150.0}
 
@@ -98,9 +100,13 @@ def build_pair(preset: str, config_kwargs: dict[str, Any]):
     return model, ReferenceSeq2Seq.from_s2s(model)
 
 
-def memory_probe(preset: str, config_kwargs: dict[str, Any], implementation: str, batches: list, threads: int):
+def memory_probe(
+    preset: str, config_kwargs: dict[str, Any], implementation: str, batches: list, threads: int, reuse: bool
+):
     """Run in a fresh interpreter: peak RSS increase (MiB) over the steps on `batches`."""
     setup_threads(threads)
+    if reuse:
+        keep_freed_memory_for_reuse()
     model, reference = build_pair(preset, config_kwargs)
     module = reference if implementation == "reference" else model
     if implementation == "reference":
@@ -137,9 +143,13 @@ def main() -> None:
     parser.add_argument("--length-grouping", default="source", choices=("source", "target"),
                         help="batch sort key, as the trainer's --length_grouping")
     parser.add_argument("--bf16", action="store_true", help="also time the S2S model under CPU bf16 autocast")
+    parser.add_argument("--default-malloc", action="store_true",
+                        help="leave glibc's allocator as it is (the training scripts call "
+                             "modeling_s2s.training.keep_freed_memory_for_reuse, and so does this script by default)")
     args = parser.parse_args()
 
     setup_threads(args.threads)
+    reuse = not args.default_malloc and keep_freed_memory_for_reuse()
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
@@ -149,6 +159,8 @@ def main() -> None:
     warmup, timed = batches[: args.warmup], batches[args.warmup : args.warmup + args.steps]
     tokens = sum(int(b["labels"].ne(-100).sum()) for b in timed)
     source_tokens = sum(int(b["attention_mask"].sum()) for b in timed)
+    print("allocator: " + ("glibc, freed memory kept for reuse (keep_freed_memory_for_reuse, as scripts/train.py)"
+                           if reuse else "glibc defaults (--default-malloc)"))
     print(f"data: Multi30k de→en train, {len(batches)} length-grouped batches of {args.batch_size} "
           f"(--length-grouping {args.length_grouping}); "
           f"timed {len(timed)} batches = {tokens:,} target tokens ({tokens / len(timed):.0f}/batch), "
@@ -203,7 +215,7 @@ def main() -> None:
         if not args.no_memory:
             few = timed[: args.memory_steps]
             memory = {
-                name: run_isolated(memory_probe, preset, config_kwargs, name, few, args.threads)
+                name: run_isolated(memory_probe, preset, config_kwargs, name, few, args.threads, reuse)
                 for name in (["s2s"] if args.no_reference else ["s2s", "reference"])
             }
             memory_rows.append([preset, *(memory[n] for n in memory)])

@@ -83,6 +83,7 @@ from .training import (
     _write_predictions,
     build_config,
     check_output_dir,
+    keep_freed_memory_for_reuse,
     prepare_tokenizer,
     tokenize_splits,
 )
@@ -1152,4 +1153,5 @@ class _CardArguments:
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Command-line entry point: `python scripts/train_accelerate.py [recipe.yaml] [--key value ...]`."""
     model_args, data_args, args = parse_arguments(argv)
+    keep_freed_memory_for_reuse()  # the command's process only trains: see the function
     return run_accelerate_training(model_args, data_args, args)

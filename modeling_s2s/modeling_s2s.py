@@ -101,6 +101,15 @@ class AttentionMemory:
     def apply(self, fn) -> AttentionMemory:
         return AttentionMemory(fn(self.keys), fn(self.values))
 
+    def first_rows(self, rows: int) -> AttentionMemory:
+        return AttentionMemory(self.keys[:rows], self.values[:rows])
+
+
+def _float_weight(linear: nn.Module) -> torch.Tensor:
+    """The weight of an `nn.Linear`, or the dequantised weight of a dynamically quantised one."""
+    weight = linear.weight
+    return weight().dequantize() if callable(weight) else weight
+
 
 class S2SAttention(nn.Module):
     """Attention layer usable on its own, like `tf.keras.layers.Attention`.
@@ -176,15 +185,16 @@ class S2SAttention(nn.Module):
             return AttentionMemory(self.key_proj(key).unsqueeze(1), value.unsqueeze(1))
         if self.attention_type == "multihead":
             return AttentionMemory(self._split_heads(self.key_proj(key)), self._split_heads(self.value_proj(value)))
+        if self.attention_type == "general":
+            # qᵀWk = q·(Wᵀk): one matmul over the source instead of one per decoder step
+            return AttentionMemory((key @ _float_weight(self.query_proj)).unsqueeze(1), value.unsqueeze(1))
         return AttentionMemory(key.unsqueeze(1), value.unsqueeze(1))
 
     def _scores(self, query: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
         # query: (B, T, query_size), keys: (B, h, S, d) -> scores: (B, h, T, S)
         kind = self.attention_type
-        if kind == "dot":
+        if kind in ("dot", "general"):  # general: the keys were multiplied by W in `prepare_memory`
             return query.unsqueeze(1) @ keys.transpose(-1, -2)
-        if kind == "general":
-            return self.query_proj(query).unsqueeze(1) @ keys.transpose(-1, -2)
         if kind == "scaled_dot":
             scale = self.scale if self.scale is not None else self.fixed_scale
             return (query.unsqueeze(1) @ keys.transpose(-1, -2)) * scale
@@ -254,6 +264,50 @@ class S2SAttention(nn.Module):
 # ---------------------------------------------------------------------------------------------------------------
 
 
+class PackedWeights:
+    """Weights reordered once into oneDNN's blocked layout, reused by every decoding step of one `generate()` call.
+
+    Decoding multiplies the same weights by a few dozen rows per step; on x86 CPUs oneDNN with a pre-reordered
+    weight does that 1.3–1.6× faster than the default fp32 matmul (MKL), which re-blocks the weight on every
+    call (`benchmarks/README.md`). Used only for fp32 inference on CPU (`available`); results equal `F.linear`
+    up to float rounding. Copies start empty and reorder again on first use.
+    """
+
+    def __init__(self):
+        self._weights: dict[str, tuple[torch.Tensor, torch.Tensor | None]] = {}
+
+    @staticmethod
+    def available(weight: torch.Tensor) -> bool:
+        """Whether decoding with `weight` (a parameter of the model) can use oneDNN's packed matmul."""
+        return (
+            weight.device.type == "cpu"
+            and weight.dtype == torch.float32
+            and not torch.is_grad_enabled()
+            and not torch.is_autocast_enabled("cpu")
+            and torch.backends.mkldnn.is_available()
+            and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+        )
+
+    def linear(self, name: str, x: torch.Tensor, weight_and_bias, activation: str = "none") -> torch.Tensor:
+        """`F.linear(x, *weight_and_bias())` (then `activation`: "none" or "tanh"); `weight_and_bias` is called
+        once per `name` to build the weight to reorder."""
+        if name not in self._weights:
+            weight, bias = weight_and_bias()
+            self._weights[name] = (torch.ops.mkldnn._reorder_linear_weight(weight.detach(), x.shape[0]), bias)
+        packed, bias = self._weights[name]
+        return torch.ops.mkldnn._linear_pointwise(x, packed, bias, activation, [], "")
+
+    def module(self, name: str, x: torch.Tensor, module: nn.Module, activation: str = "none") -> torch.Tensor:
+        """Apply an `nn.Linear` (or `nn.Identity`) `module` to `x`."""
+        if isinstance(module, nn.Identity):
+            return torch.tanh(x) if activation == "tanh" else x
+        return self.linear(name, x, lambda: (module.weight, module.bias), activation)
+
+    def __deepcopy__(self, memo) -> PackedWeights:
+        return PackedWeights()  # reordered oneDNN tensors cannot be copied; they are rebuilt on demand
+
+
+
 class S2SDecoderCache:
     """Decoder state carried between `generate()` steps; every tensor is batch-first.
 
@@ -261,6 +315,8 @@ class S2SDecoderCache:
     - input_feed: (B, H) previous attentional vector (input feeding), else None
     - self_memory: decoder self-attention keys/values over the tokens seen so far, else None
     - source_memory: attention keys/values of the encoder outputs, projected once per source
+    - packed_weights: the decoder's and output layer's weights reordered for oneDNN (`PackedWeights`) when
+      decoding in fp32 on CPU, else None
 
     Beam search calls `reorder_cache` in place. `source_memory` is not reordered there: beams only ever move
     within one example, and every beam of an example holds the same encoder outputs.
@@ -288,6 +344,7 @@ class S2SDecoderCache:
         self.source_memory = source_memory
         self.seen_tokens = seen_tokens
         self.active_rows: torch.Tensor | None = None
+        self.packed_weights: PackedWeights | None = None
 
     def _apply(self, fn, include_source: bool) -> None:
         self.hidden = fn(self.hidden)
@@ -583,24 +640,46 @@ class S2SDecoder(nn.Module):
 
     # -- shared pieces --------------------------------------------------------------------------------------
 
-    def init_cache(self, encoder_outputs: S2SEncoderOutput, attention_mask: torch.Tensor) -> S2SDecoderCache:
-        """Decoder state before the first target token."""
+    def init_cache(
+        self, encoder_outputs: S2SEncoderOutput, attention_mask: torch.Tensor, for_decoding: bool = False
+    ) -> S2SDecoderCache:
+        """Decoder state before the first target token; `for_decoding` (incremental decoding follows) adds
+        `PackedWeights` where they apply."""
         hidden, cell = self.bridge(encoder_outputs, attention_mask)
         source = encoder_outputs.last_hidden_state
         input_feed = source.new_zeros(source.shape[0], self.config.hidden_size) if self.config.input_feeding else None
-        return S2SDecoderCache(
+        cache = S2SDecoderCache(
             hidden=hidden,
             cell=cell,
             input_feed=input_feed,
             source_memory=self.attention.prepare_memory(source, source),
         )
+        if for_decoding and self._can_pack_weights():
+            cache.packed_weights = PackedWeights()
+        return cache
+
+    def _can_pack_weights(self) -> bool:
+        # float nn.Linear / RNN weights only: a dynamically quantised or otherwise replaced module keeps its own path
+        weight = getattr(self.rnn, "weight_ih_l0", None)
+        return (
+            isinstance(weight, torch.Tensor)
+            and type(self.combine) is nn.Linear
+            and PackedWeights.available(weight)
+        )
 
     def _attentional_vector(
-        self, rnn_output: torch.Tensor, context: torch.Tensor, self_context: torch.Tensor | None
+        self,
+        rnn_output: torch.Tensor,
+        context: torch.Tensor,
+        self_context: torch.Tensor | None,
+        packed: PackedWeights | None = None,
     ) -> torch.Tensor:
         # (B, T, H) each -> a = tanh(W [c; s; h]): (B, T, H)
         parts = [context, rnn_output] if self_context is None else [context, self_context, rnn_output]
-        return self.output_dropout(torch.tanh(self.combine(torch.cat(parts, dim=-1))))
+        combined = torch.cat(parts, dim=-1)
+        if packed is not None:
+            return self.output_dropout(packed.module("combine", combined, self.combine, activation="tanh"))
+        return self.output_dropout(torch.tanh(self.combine(combined)))
 
     def _self_attend(
         self, rnn_output: torch.Tensor, cache: S2SDecoderCache, key_mask: torch.Tensor | None
@@ -629,9 +708,13 @@ class S2SDecoder(nn.Module):
 
     # -- the two drivers ------------------------------------------------------------------------------------
 
-    def _forward_fused(self, embeddings, cache, source_mask, decoder_attention_mask):
+    def _forward_fused(self, embeddings, cache, source_mask, decoder_attention_mask, lengths):
         """Luong attention without input feeding: the RNN and attention run over all T steps at once."""
-        rnn_output, state = self.rnn(embeddings, self._to_rnn_state(cache))  # (B, T, H)
+        total_length = embeddings.shape[1]
+        rnn_input = embeddings if lengths is None else _pack(embeddings, lengths)
+        rnn_output, state = self.rnn(rnn_input, self._to_rnn_state(cache))  # (B, T, H)
+        if lengths is not None:
+            rnn_output = pad_packed_sequence(rnn_output, batch_first=True, total_length=total_length)[0]
         self._store_rnn_state(cache, state)
         context, cross_weights = self.attention.attend(rnn_output, cache.source_memory, value_mask=source_mask)
         self_context, self_weights = self._self_attend(rnn_output, cache, decoder_attention_mask)
@@ -645,7 +728,7 @@ class S2SDecoder(nn.Module):
             for layer in range(rnn.num_layers)
         ]
 
-    def _forward_steps(self, embeddings, cache, source_mask, decoder_attention_mask):
+    def _forward_steps(self, embeddings, cache, source_mask, decoder_attention_mask, lengths):
         """One RNN step per target position (input feeding, Bahdanau, and incremental generation).
 
         The cell is computed from `self.rnn`'s parameters (`_lstm_cell`/`_gru_cell`). Over several positions the
@@ -653,26 +736,68 @@ class S2SDecoder(nn.Module):
         recurrent part, input feed and Bahdanau context are per-step work; a single position (generation) takes
         one matmul over the whole RNN input. A dynamically quantised `self.rnn` (`torch.ao` `quantize_dynamic`)
         has no float weights to read: it is then called one step at a time.
+
+        With `lengths` (B,) the batch runs like a packed RNN: rows are sorted longest first and each leaves the
+        loop after its last real position, so target padding costs no steps. Outputs at padded positions are
+        then zero and `cache` is left sorted and cut short (the caller returns no cache then).
         """
-        step_cell = self._step_cell(embeddings)
+        batch, total_length = embeddings.shape[:2]
+        if lengths is None:
+            step_embeddings = embeddings.transpose(0, 1).reshape(batch * total_length, -1)  # time-major (T·B, E)
+            step_sizes = [batch] * total_length
+        else:
+            packed = _pack(embeddings, lengths)
+            step_embeddings, step_sizes = packed.data, packed.batch_sizes.tolist()
+            cache.batch_select_indices(packed.sorted_indices)
+            source_mask = source_mask[packed.sorted_indices]
+            if decoder_attention_mask is not None:
+                decoder_attention_mask = decoder_attention_mask[packed.sorted_indices]
+        outputs, cross_weights, self_weights = self._run_steps(
+            step_embeddings, step_sizes, cache, source_mask, decoder_attention_mask
+        )
+        if lengths is not None:
+            packed_outputs = packed._replace(data=torch.cat(outputs).squeeze(1))
+            return pad_packed_sequence(packed_outputs, batch_first=True, total_length=total_length)[0], None, None
+        self_attention = _cat_ragged(self_weights) if self.self_attention is not None else None
+        return torch.cat(outputs, dim=1), torch.cat(cross_weights, dim=2), self_attention
+
+    def _run_steps(self, step_embeddings, step_sizes, cache, source_mask, decoder_attention_mask):
+        """The step loop over time-major `step_embeddings` (N, E): step t takes the next `step_sizes[t]` rows,
+        which are the first rows of the batch (the others have ended). Returns per-step lists of outputs
+        (n_t, 1, H), cross-attention weights (n_t, h, 1, S) and self-attention weights; updates `cache`."""
+        if cache.packed_weights is not None:
+            step_cell = self._packed_step_cell(step_embeddings, step_sizes, cache.packed_weights)
+        else:
+            step_cell = self._step_cell(step_embeddings, step_sizes)
         hidden = list(cache.hidden.unbind(1))
         cell = list(cache.cell.unbind(1)) if cache.cell is not None else [None] * len(hidden)
         input_feed = cache.input_feed
+        source_memory = cache.source_memory
         bahdanau = self.config.attention_style == "bahdanau"
         outputs, cross_weights, self_weights = [], [], []
-        for t in range(embeddings.shape[1]):
+        for t, rows in enumerate(step_sizes):
+            if rows < hidden[0].shape[0]:  # the last rows have ended: keep the running ones
+                hidden = [h[:rows] for h in hidden]
+                cell = [c[:rows] if c is not None else None for c in cell]
+                input_feed = input_feed[:rows] if input_feed is not None else None
+                source_memory = source_memory.first_rows(rows)
+                source_mask = source_mask[:rows]
+                if cache.self_memory is not None:
+                    cache.self_memory = cache.self_memory.first_rows(rows)
+                if decoder_attention_mask is not None:
+                    decoder_attention_mask = decoder_attention_mask[:rows]
             extra_inputs = [] if input_feed is None else [input_feed]
             if bahdanau:
                 query = hidden[-1].unsqueeze(1)  # previous top-layer state: (B, 1, H)
-                context, weights_t = self.attention.attend(query, cache.source_memory, value_mask=source_mask)
+                context, weights_t = self.attention.attend(query, source_memory, value_mask=source_mask)
                 extra_inputs.append(context.squeeze(1))
             hidden, cell = step_cell(t, extra_inputs, hidden, cell)
             rnn_output = hidden[-1].unsqueeze(1)  # (B, 1, H)
             if not bahdanau:
-                context, weights_t = self.attention.attend(rnn_output, cache.source_memory, value_mask=source_mask)
+                context, weights_t = self.attention.attend(rnn_output, source_memory, value_mask=source_mask)
             step_mask = decoder_attention_mask[:, t : t + 1] if decoder_attention_mask is not None else None
             self_context, self_weight = self._self_attend(rnn_output, cache, step_mask)
-            output = self._attentional_vector(rnn_output, context, self_context)  # (B, 1, H)
+            output = self._attentional_vector(rnn_output, context, self_context, cache.packed_weights)  # (B, 1, H)
             if input_feed is not None:
                 input_feed = output.squeeze(1)
             outputs.append(output)
@@ -681,50 +806,85 @@ class S2SDecoder(nn.Module):
         cache.hidden = torch.stack(hidden, dim=1)
         cache.cell = torch.stack(cell, dim=1) if cell[0] is not None else None
         cache.input_feed = input_feed
-        self_attention = _cat_ragged(self_weights) if self.self_attention is not None else None
-        return torch.cat(outputs, dim=1), torch.cat(cross_weights, dim=2), self_attention
+        return outputs, cross_weights, self_weights
 
-    def _step_cell(self, embeddings: torch.Tensor):
+    def _step_cell(self, step_embeddings: torch.Tensor, step_sizes: list[int]):
         """A function (t, extra_inputs, hidden, cell) -> (hidden, cell) advancing every layer by position t
         (it may update the `hidden`/`cell` lists in place).
 
-        embeddings: (B, T, E); extra_inputs: the (B, H) input feed and/or Bahdanau context of step t; hidden and
-        cell: per-layer lists of (B, H) (cell entries None for GRU).
+        step_embeddings: time-major (N, E), `step_sizes[t]` rows per position; extra_inputs: the (B, H) input feed
+        and/or Bahdanau context of step t; hidden and cell: per-layer lists of (B, H) (cell entries None for GRU).
         """
         if not hasattr(self.rnn, "weight_ih_l0"):
-            return self._module_step_cell(embeddings)
+            return self._module_step_cell(step_embeddings, step_sizes)
         weights = self._step_weights()
-        w_ih0, _, b_ih0, _ = weights[0]
-        embedding_size = embeddings.shape[-1]
-        cell_fn = _lstm_cell if self.config.cell_type == "lstm" else _gru_cell
-        if embeddings.shape[1] == 1:
-            embedding_gates, w_extra = None, None
+        w_ih0, w_hh0, b_ih0, b_hh0 = weights[0]
+        embedding_size = step_embeddings.shape[-1]
+        w_extra = w_ih0[:, embedding_size:]  # input feed and/or Bahdanau context columns
+        is_lstm = self.config.cell_type == "lstm"
+        cell_fn = _lstm_cell if is_lstm else _gru_cell
+        if len(step_sizes) == 1:
+            embedding_gates, w_recurrent = None, None
         else:
-            # unbind once: indexing [:, t] per step makes autograd zero-fill a (B, T, G) gradient for every step
-            embedding_gates = F.linear(embeddings, w_ih0[:, :embedding_size], b_ih0).unbind(1)  # T x (B, G)
-            w_extra = w_ih0[:, embedding_size:]  # input feed and/or Bahdanau context columns
+            # the embeddings' share of the gates for all positions in one matmul, split (not indexed) per step:
+            # indexing makes autograd zero-fill a gradient of the whole tensor for every step
+            embedding_gates = F.linear(step_embeddings, w_ih0[:, :embedding_size], b_ih0).split(step_sizes)
+            # LSTM: the input feed / Bahdanau context and the hidden state share one matmul per step
+            w_recurrent = torch.cat([w_extra, w_hh0], dim=1) if is_lstm else None
+        step_inputs = step_embeddings.split(step_sizes) if embedding_gates is None else None
+
+        def first_layer(t, extra_inputs, hidden, cell):
+            if embedding_gates is None:  # one position: the whole RNN input in one matmul
+                gates = F.linear(torch.cat([step_inputs[t], *extra_inputs], dim=-1), w_ih0, b_ih0)
+                return cell_fn(gates, hidden, cell, w_hh0, b_hh0)
+            if w_recurrent is not None:
+                gates = embedding_gates[t] + F.linear(torch.cat([*extra_inputs, hidden], dim=-1), w_recurrent, b_hh0)
+                return _lstm_pointwise(gates, cell)
+            gates = embedding_gates[t]
+            if extra_inputs:
+                gates = gates + F.linear(torch.cat(extra_inputs, dim=-1), w_extra)
+            return cell_fn(gates, hidden, cell, w_hh0, b_hh0)
 
         def step(t, extra_inputs, hidden, cell):
-            if embedding_gates is None:
-                gates = F.linear(torch.cat([embeddings[:, t], *extra_inputs], dim=-1), w_ih0, b_ih0)
-            else:
-                gates = embedding_gates[t]
-                if extra_inputs:
-                    gates = gates + F.linear(torch.cat(extra_inputs, dim=-1), w_extra)
-            for layer, (w_ih, w_hh, b_ih, b_hh) in enumerate(weights):
-                if layer > 0:
-                    below = F.dropout(hidden[layer - 1], self.rnn.dropout, self.training)
-                    gates = F.linear(below, w_ih, b_ih)
-                hidden[layer], cell[layer] = cell_fn(gates, hidden[layer], cell[layer], w_hh, b_hh)
+            hidden[0], cell[0] = first_layer(t, extra_inputs, hidden[0], cell[0])
+            for layer, (w_ih, w_hh, b_ih, b_hh) in enumerate(weights[1:], start=1):
+                below = F.dropout(hidden[layer - 1], self.rnn.dropout, self.training)
+                hidden[layer], cell[layer] = cell_fn(F.linear(below, w_ih, b_ih), hidden[layer], cell[layer], w_hh, b_hh)
             return hidden, cell
 
         return step
 
-    def _module_step_cell(self, embeddings: torch.Tensor):
-        """Step function that calls `self.rnn` itself on one position (for RNN modules without float weights)."""
+    def _packed_step_cell(self, step_embeddings: torch.Tensor, step_sizes: list[int], packed: PackedWeights):
+        """`_step_cell` for decoding with `PackedWeights`: every matmul goes through oneDNN, and an LSTM layer
+        takes its input and recurrent share in one matmul over [x; h] (weights [W_ih | W_hh], bias b_ih + b_hh)."""
+        weights = self._step_weights()
+        step_inputs = step_embeddings.split(step_sizes)
+        is_lstm = self.config.cell_type == "lstm"
+
+        def layer_step(layer, x, hidden, cell):
+            w_ih, w_hh, b_ih, b_hh = weights[layer]
+            if is_lstm:
+                merged = lambda: (torch.cat([w_ih, w_hh], dim=1), b_ih + b_hh)  # noqa: E731
+                return _lstm_pointwise(packed.linear(f"rnn.{layer}", torch.cat([x, hidden], dim=-1), merged), cell)
+            x_gates = packed.linear(f"rnn.{layer}.ih", x, lambda: (w_ih, b_ih))
+            return _gru_pointwise(x_gates, packed.linear(f"rnn.{layer}.hh", hidden, lambda: (w_hh, b_hh)), hidden), None
 
         def step(t, extra_inputs, hidden, cell):
-            step_input = torch.cat([embeddings[:, t], *extra_inputs], dim=-1).unsqueeze(1)  # (B, 1, rnn input)
+            x = torch.cat([step_inputs[t], *extra_inputs], dim=-1)
+            for layer in range(len(weights)):
+                if layer > 0:
+                    x = F.dropout(hidden[layer - 1], self.rnn.dropout, self.training)
+                hidden[layer], cell[layer] = layer_step(layer, x, hidden[layer], cell[layer])
+            return hidden, cell
+
+        return step
+
+    def _module_step_cell(self, step_embeddings: torch.Tensor, step_sizes: list[int]):
+        """Step function that calls `self.rnn` itself on one position (for RNN modules without float weights)."""
+        step_inputs = step_embeddings.split(step_sizes)
+
+        def step(t, extra_inputs, hidden, cell):
+            step_input = torch.cat([step_inputs[t], *extra_inputs], dim=-1).unsqueeze(1)  # (B, 1, rnn input)
             state = torch.stack(hidden)
             state = (state, torch.stack(cell)) if cell[0] is not None else state
             _, state = self.rnn(step_input, state)
@@ -750,16 +910,29 @@ class S2SDecoder(nn.Module):
             input_ids: (B, T) decoder input ids.
             encoder_outputs: the encoder's output for the same batch (beam-expanded in generation).
             encoder_attention_mask: (B, S) 1 for real source tokens.
-            decoder_attention_mask: (B, T) 1 for real target tokens (keys of the self-attention only: padded
-                targets sit at the end, which a causal decoder never looks ahead to).
+            decoder_attention_mask: (B, T) 1 for real target tokens, padding at the end of a row. It masks the
+                keys of the self-attention, and when no cache or attention weights are asked for (training), the
+                decoder RNN stops each row after its last real token: outputs at the padded positions after it
+                carry no meaning (a causal decoder never looks ahead, so real positions are unaffected).
         """
         check_token_ids(input_ids, self.config.decoder_vocab_size, "decoder_input_ids")
-        cache = past_key_values if past_key_values is not None else self.init_cache(encoder_outputs, encoder_attention_mask)
+        if decoder_attention_mask is not None and tuple(decoder_attention_mask.shape) != tuple(input_ids.shape):
+            raise ValueError(
+                f"`decoder_attention_mask` has shape {tuple(decoder_attention_mask.shape)} but `decoder_input_ids` "
+                f"have shape {tuple(input_ids.shape)}."
+            )
+        may_skip_padding = past_key_values is None and not use_cache and not output_attentions
+        lengths = _trailing_padding_lengths(decoder_attention_mask) if may_skip_padding else None
+        if past_key_values is None:
+            past_key_values = self.init_cache(encoder_outputs, encoder_attention_mask, for_decoding=use_cache)
+        cache = past_key_values
         embeddings = self.embedding_dropout(self.embed_tokens(input_ids))
         # Fused only pays off over several positions; a single position (generation) takes the step path.
         fused = self.config.fused_decoder and input_ids.shape[1] > 1
         drive = self._forward_fused if fused else self._forward_steps
-        outputs, cross_weights, self_weights = drive(embeddings, cache, encoder_attention_mask, decoder_attention_mask)
+        outputs, cross_weights, self_weights = drive(
+            embeddings, cache, encoder_attention_mask, decoder_attention_mask, lengths
+        )
         cache.seen_tokens += input_ids.shape[1]
         return S2SDecoderOutput(
             last_hidden_state=outputs,
@@ -770,9 +943,37 @@ class S2SDecoder(nn.Module):
         )
 
 
+def _trailing_padding_lengths(mask: torch.Tensor | None) -> torch.Tensor | None:
+    """(B,) position after each row's last nonzero entry of a (B, T) mask (at least 1); None without padding at
+    the end of any row."""
+    if mask is None:
+        return None
+    positions = torch.arange(1, mask.shape[1] + 1, device=mask.device)
+    lengths = (mask.ne(0) * positions).amax(dim=1).clamp(min=1)
+    return None if bool((lengths == mask.shape[1]).all()) else lengths
+
+
+def _label_span_mask(labels: torch.Tensor) -> torch.Tensor | None:
+    """(B, T) mask of the positions up to each row's last label that is not -100, or None if every row has a
+    label at its last position. The positions after it predict nothing, so the decoder need not run them."""
+    lengths = _trailing_padding_lengths(labels.ne(-100))
+    if lengths is None:
+        return None
+    return (torch.arange(labels.shape[1], device=labels.device) < lengths[:, None]).long()
+
+
+def _pack(sequences: torch.Tensor, lengths: torch.Tensor):
+    """Right-padded (B, T, ...) as a `PackedSequence` (rows in any order)."""
+    return pack_padded_sequence(sequences, lengths.cpu(), batch_first=True, enforce_sorted=False)
+
+
 def _lstm_cell(gates_x, hidden, cell, w_hh, b_hh):
     """One LSTM step with PyTorch's gate order (i, f, g, o). gates_x: (B, 4H) input share incl. b_ih."""
-    gates = gates_x + F.linear(hidden, w_hh, b_hh)
+    return _lstm_pointwise(gates_x + F.linear(hidden, w_hh, b_hh), cell)
+
+
+def _lstm_pointwise(gates, cell):
+    """The LSTM update from all pre-activations (B, 4H) and the previous cell (B, H) -> (hidden, cell)."""
     in_gate, forget_gate, candidate, out_gate = gates.chunk(4, dim=1)
     cell = torch.sigmoid(forget_gate) * cell + torch.sigmoid(in_gate) * torch.tanh(candidate)
     return torch.sigmoid(out_gate) * torch.tanh(cell), cell
@@ -780,12 +981,17 @@ def _lstm_cell(gates_x, hidden, cell, w_hh, b_hh):
 
 def _gru_cell(gates_x, hidden, cell, w_hh, b_hh):
     """One GRU step with PyTorch's gate order (r, z, n); `cell` is unused (None)."""
+    return _gru_pointwise(gates_x, F.linear(hidden, w_hh, b_hh), hidden), None
+
+
+def _gru_pointwise(gates_x, gates_h, hidden):
+    """The GRU update from the input's and the hidden state's pre-activations (B, 3H) each -> hidden (B, H)."""
     x_reset, x_update, x_new = gates_x.chunk(3, dim=1)
-    h_reset, h_update, h_new = F.linear(hidden, w_hh, b_hh).chunk(3, dim=1)
+    h_reset, h_update, h_new = gates_h.chunk(3, dim=1)
     reset = torch.sigmoid(x_reset + h_reset)
     update = torch.sigmoid(x_update + h_update)
     candidate = torch.tanh(x_new + reset * h_new)
-    return (1 - update) * candidate + update * hidden, None
+    return (1 - update) * candidate + update * hidden
 
 
 def _cat_ragged(step_weights: list[torch.Tensor]) -> torch.Tensor:
@@ -997,6 +1203,14 @@ class S2SForConditionalGeneration(S2SPreTrainedModel, GenerationMixin):
     def prepare_decoder_input_ids_from_labels(self, labels: torch.Tensor) -> torch.Tensor:
         return shift_tokens_right(labels, self.config.pad_token_id, self.config.decoder_start_token_id)
 
+    def _vocabulary_logits(self, hidden: torch.Tensor, cache: S2SDecoderCache | None) -> torch.Tensor:
+        """(B, T, H) attentional vectors -> (B, T, V) logits, through the cache's `PackedWeights` when it has them."""
+        packed = cache.packed_weights if isinstance(cache, S2SDecoderCache) else None
+        plain_head = type(self.lm_head) is nn.Linear and type(self.output_projection) in (nn.Linear, nn.Identity)
+        if packed is None or not plain_head:
+            return self.lm_head(self.output_projection(hidden))
+        return packed.module("lm_head", packed.module("output_projection", hidden, self.output_projection), self.lm_head)
+
     def _loss(self, logits: torch.Tensor, labels: torch.Tensor, num_items_in_batch) -> torch.Tensor:
         # Sum over tokens, divided by the real-token count of the whole (accumulated) batch when Trainer gives it.
         loss = F.cross_entropy(
@@ -1028,13 +1242,23 @@ class S2SForConditionalGeneration(S2SPreTrainedModel, GenerationMixin):
         num_items_in_batch: int | torch.Tensor | None = None,
     ) -> Seq2SeqLMOutput | tuple:
         """Returns `Seq2SeqLMOutput` with logits (B, T, V) and, given `labels` (B, T) (`-100` ignored), the
-        token-averaged cross-entropy `loss`. Without `decoder_input_ids`, they are `labels` shifted right."""
+        token-averaged cross-entropy `loss`. Without `decoder_input_ids`, they are `labels` shifted right.
+
+        In training mode with `labels` and no `decoder_attention_mask`, the decoder stops each row after its last
+        label that is not -100 (the padding of a batch), so the logits after it carry no meaning."""
         return_dict = self.config.return_dict if return_dict is None else return_dict
         if labels is not None:
             check_token_ids(labels, self.config.decoder_vocab_size, "labels", allow_ignore_index=True)
             use_cache = False
             if decoder_input_ids is None:
                 decoder_input_ids = self.prepare_decoder_input_ids_from_labels(labels)
+            if labels.shape != decoder_input_ids.shape:
+                raise ValueError(
+                    f"`labels` have shape {tuple(labels.shape)} but the decoder inputs have shape "
+                    f"{tuple(decoder_input_ids.shape)}."
+                )
+            if decoder_attention_mask is None and self.training:
+                decoder_attention_mask = _label_span_mask(labels)
         active_rows = past_key_values.active_rows if isinstance(past_key_values, S2SDecoderCache) else None
         if active_rows is not None:
             return self._forward_active_rows(
@@ -1053,13 +1277,9 @@ class S2SForConditionalGeneration(S2SPreTrainedModel, GenerationMixin):
             output_hidden_states=output_hidden_states,
             return_dict=True,
         )
-        logits = self.lm_head(self.output_projection(outputs.last_hidden_state))
+        logits = self._vocabulary_logits(outputs.last_hidden_state, outputs.past_key_values)
         loss = None
         if labels is not None:
-            if labels.shape != logits.shape[:2]:
-                raise ValueError(
-                    f"`labels` have shape {tuple(labels.shape)} but the decoder inputs give {tuple(logits.shape[:2])}."
-                )
             loss = self._loss(logits, labels, num_items_in_batch)
         output = Seq2SeqLMOutput(
             loss=loss,
@@ -1175,7 +1395,7 @@ class S2SForConditionalGeneration(S2SPreTrainedModel, GenerationMixin):
                 use_cache=True,
                 return_dict=True,
             )
-            active_logits = self.lm_head(self.output_projection(outputs.last_hidden_state))
+            active_logits = self._vocabulary_logits(outputs.last_hidden_state, cache)
         dtype = active_logits.dtype if active_logits is not None else self.dtype
         logits = torch.full(
             (batch_size, length, self.config.decoder_vocab_size), torch.finfo(dtype).min,

@@ -6,6 +6,7 @@ read from a JSON/YAML recipe (see `configuration/recipes/`) with command-line ov
 
 from __future__ import annotations
 
+import ctypes
 import json
 import logging
 import os
@@ -39,6 +40,27 @@ from .pipeline_s2s import save_for_pipeline
 logger = logging.getLogger("modeling_s2s.training")
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+
+# glibc mallopt() parameters (malloc.h)
+_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
+
+
+def keep_freed_memory_for_reuse() -> bool:
+    """Make glibc's allocator keep freed memory for the next allocation instead of handing it back to the kernel.
+
+    Every CPU training step allocates and frees a few (target tokens × vocabulary) float tensors (logits,
+    log-probabilities and their gradients: 30–60 MB each for 64 sentences and an 8k vocabulary). glibc serves
+    blocks over 32 MB with a fresh `mmap` and unmaps them on free, so each step pays again for the kernel
+    zero-filling those pages on first touch: ≈ 10 % of a step of the base model on a 2-core machine
+    (`benchmarks/README.md`). With `mmap` off and no trimming, the blocks come from the heap and are reused; the
+    process then keeps its peak memory until it exits, as with the jemalloc/tcmalloc that PyTorch's CPU tuning
+    guide recommends. Returns False (nothing changed) where glibc's `mallopt` is not available.
+    """
+    try:
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):
+        return False
+    return bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, 1 << 30))
 
 
 @dataclass

@@ -412,3 +412,77 @@ def test_forward_with_every_row_finished_makes_pad_certain():
     assert torch.equal(logits.softmax(-1)[..., PAD], torch.ones(2, 1))
     with pytest.raises(ValueError, match="dropped finished rows"):
         model(input_ids=ids, attention_mask=mask, decoder_input_ids=start, past_key_values=cache)
+
+
+def _generate_capturing_caches(monkeypatch, model, ids, mask, **kwargs):
+    caches = []
+    original_init_cache = S2SDecoder.init_cache
+
+    def spy(self, *args, **kw):
+        caches.append(original_init_cache(self, *args, **kw))
+        return caches[-1]
+
+    monkeypatch.setattr(S2SDecoder, "init_cache", spy)
+    output = _generate(model, ids, mask, output_scores=True, return_dict_in_generate=True, **kwargs)
+    monkeypatch.setattr(S2SDecoder, "init_cache", original_init_cache)
+    return output, caches
+
+
+@pytest.mark.parametrize("options", [GRID[0], GRID[3], GRID[5], GRID[8], GRID[10]], ids=grid_id)
+@pytest.mark.parametrize("num_beams", [1, 3])
+def test_packed_weights_decode_like_plain_matmuls(monkeypatch, options, num_beams):
+    """fp32 decoding on CPU reorders the decoder's and output layer's weights for oneDNN once per generate() call
+    (LSTM layers with [W_ih | W_hh] merged); sequences equal, and scores match, plain `F.linear` decoding."""
+    model = make_model(**options)
+    ids, mask = random_ids(SOURCE_LENGTHS)
+    packed, caches = _generate_capturing_caches(monkeypatch, model, ids, mask, num_beams=num_beams)
+    assert len(caches) == 1 and caches[0].packed_weights is not None
+    layers = range(model.config.decoder_layers)
+    rnn_names = [f"rnn.{i}" for i in layers] if options["cell_type"] == "lstm" else [
+        f"rnn.{i}.{part}" for i in layers for part in ("ih", "hh")
+    ]
+    assert set(caches[0].packed_weights._weights) >= {"combine", "lm_head", *rnn_names}
+    monkeypatch.setattr(S2SDecoder, "_can_pack_weights", lambda self: False)
+    plain, plain_caches = _generate_capturing_caches(monkeypatch, model, ids, mask, num_beams=num_beams)
+    assert plain_caches[0].packed_weights is None
+    assert torch.equal(packed.sequences, plain.sequences)
+    for packed_scores, plain_scores in zip(packed.scores, plain.scores, strict=True):
+        torch.testing.assert_close(packed_scores, plain_scores, atol=ATOL, rtol=0)
+
+
+def test_weights_are_packed_only_for_fp32_inference_on_cpu():
+    model = make_model(**GRID[0])
+    ids, mask = random_ids(SOURCE_LENGTHS)
+    encoder_outputs = model.get_encoder()(input_ids=ids, attention_mask=mask)
+    decoder = model.get_decoder()
+
+    def packs(**kw) -> bool:
+        return decoder.init_cache(encoder_outputs, mask, **kw).packed_weights is not None
+
+    with torch.no_grad():
+        assert packs(for_decoding=True)
+        assert not packs(for_decoding=False)  # a teacher-forced pass computes each weight product once anyway
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert not packs(for_decoding=True)  # autocast picks the matmul precision itself
+    assert not packs(for_decoding=True)  # gradients wanted: oneDNN's packed matmul has no backward
+    with torch.no_grad():
+        assert not make_model(**GRID[0]).to(torch.bfloat16).get_decoder()._can_pack_weights()
+
+
+def test_a_copied_cache_rebuilds_its_packed_weights():
+    import copy
+
+    model = make_model(**GRID[0])
+    ids, mask = random_ids(SOURCE_LENGTHS)
+    with torch.no_grad():
+        out = model(input_ids=ids, attention_mask=mask, decoder_input_ids=torch.full((3, 1), BOS), use_cache=True)
+        cache = out.past_key_values
+        assert cache.packed_weights._weights  # used by that first step
+        copied = copy.deepcopy(cache)
+        assert copied.packed_weights is not None and not copied.packed_weights._weights
+        step = torch.full((3, 1), FIRST_REAL)
+        expected = model(input_ids=ids, attention_mask=mask, decoder_input_ids=step, past_key_values=cache,
+                         use_cache=True).logits
+        again = model(input_ids=ids, attention_mask=mask, decoder_input_ids=step, past_key_values=copied,
+                      use_cache=True).logits
+    torch.testing.assert_close(again, expected, atol=0, rtol=0)

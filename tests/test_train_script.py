@@ -207,3 +207,30 @@ def test_unknown_length_grouping_is_refused_before_anything_is_written(tmp_path)
     with pytest.raises(ValueError, match=r"`length_grouping`='tgt' must be one of \('source', 'target'\)"):
         parse_arguments(["--output_dir", str(output_dir), "--length_grouping", "tgt"])
     assert not output_dir.exists()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt and /proc are Linux features")
+def test_keep_freed_memory_for_reuse_keeps_large_blocks_instead_of_unmapping_them():
+    """A freed 64 MiB tensor is handed back to the kernel by default, and kept for the next allocation after
+    `keep_freed_memory_for_reuse()` (what scripts/train.py calls before training)."""
+    code = """
+import torch
+from modeling_s2s.training import keep_freed_memory_for_reuse
+
+def rss_kib():
+    return int(next(line for line in open("/proc/self/status") if line.startswith("VmRSS")).split()[1])
+
+def kib_released_by_freeing_a_64_mib_tensor():
+    tensor = torch.ones(16 * 2**20)
+    before = rss_kib()
+    del tensor
+    return before - rss_kib()
+
+print(kib_released_by_freeing_a_64_mib_tensor(), keep_freed_memory_for_reuse(),
+      kib_released_by_freeing_a_64_mib_tensor())
+"""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    released_by_default, enabled, released_after = result.stdout.split()
+    assert int(released_by_default) >= 60 * 1024
+    assert enabled == "True"
+    assert int(released_after) < 1024
