@@ -12,6 +12,8 @@ Measured side by side in one run:
 - bf16 (`--bf16`): a copy of the model with its weights cast to bfloat16 (`model.to(torch.bfloat16)`; on CPUs
   with AVX-512 BF16 or AMX the matmuls run at about twice the fp32 rate), with BLEU before/after;
 - optionally (`--compile`) `torch.compile` of the decoder module;
+- generate() with every matmul through `F.linear` ("F.linear": the model's `PackedWeights`, oneDNN matmuls with
+  weights reordered once per call, switched off);
 - generate() as transformers runs it ("keep finished": `GenerationMixin._sample`/`_beam_search` put back, so every
   row of a batch is computed until its last row ends) next to the model's own loops, which drop finished rows
   (greedy) and settled sentences (beam search) from the decoder state;
@@ -91,6 +93,19 @@ def transformers_loops():
     finally:
         for name, method in saved.items():
             setattr(S2SForConditionalGeneration, name, method)
+
+
+@contextlib.contextmanager
+def plain_matmuls():
+    """Decode without `PackedWeights`: every matmul through `F.linear` (MKL for fp32 on CPU)."""
+    from modeling_s2s.modeling_s2s import S2SDecoder
+
+    saved = S2SDecoder.__dict__["_can_pack_weights"]
+    try:
+        S2SDecoder._can_pack_weights = lambda self: False
+        yield
+    finally:
+        S2SDecoder._can_pack_weights = saved
 
 
 class Runner:
@@ -248,6 +263,12 @@ def main() -> None:
                 return runner.generate(model, ids, mask, beams)
 
         results[("generate() keep finished", batch_size, beams)] = runner.run(keep_finished_fn, batches, n)
+
+        def plain_fn(ids, mask, beams=beams):
+            with plain_matmuls():
+                return runner.generate(model, ids, mask, beams)
+
+        results[("generate() F.linear", batch_size, beams)] = runner.run(plain_fn, batches, n)
         if beams == 1:
             from bench_generate_overhead import shrinking_greedy
 
@@ -263,7 +284,9 @@ def main() -> None:
                 return torch.cat([out.new_full((out.shape[0], 1), config.decoder_start_token_id), out], dim=1)
 
             results[("naive reference", batch_size, beams)] = runner.run(ref_fn, batches, n)
-        for name in [*variants, "generate() keep finished", "loop dropping finished", "naive reference"]:
+        names = [*variants, "generate() F.linear", "generate() keep finished", "loop dropping finished",
+                 "naive reference"]
+        for name in names:
             result = results.get((name, batch_size, beams))
             if result is None:
                 continue

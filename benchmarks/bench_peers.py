@@ -60,6 +60,8 @@ from _common import (
 from bench_decoding import Runner, bleu
 from bench_training import make_step
 
+from modeling_s2s.training import keep_freed_memory_for_reuse
+
 ONMT_SPECIALS = ("<unk>", "<blank>", "<s>", "</s>")
 REPORT_LINE = re.compile(r"Step\s+(\d+)/\s*\d+;.*?(\d+)/\s*(\d+) tok/s;\s+(\d+) sec")
 TRANSLATION_TIME = re.compile(r"Total translation time \(s\): ([\d.]+)")
@@ -137,11 +139,16 @@ valid_batch_size: 64
     return path
 
 
-def onmt_env(threads: int) -> dict[str, str]:
+# glibc reads these at start-up: the same settings as modeling_s2s.training.keep_freed_memory_for_reuse
+KEEP_FREED_MEMORY_ENV = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(1 << 30)}
+
+
+def onmt_env(threads: int, keep_freed_memory: bool) -> dict[str, str]:
     # OpenNMT-py 3.5.1 predates torch 2.6's weights_only default; its checkpoints (made by this script) pickle
     # an argparse.Namespace.
     return dict(
-        os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD="1"
+        os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD="1",
+        **(KEEP_FREED_MEMORY_ENV if keep_freed_memory else {}),
     )
 
 
@@ -150,13 +157,14 @@ def onmt_env(threads: int) -> dict[str, str]:
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def onmt_train(python: str, config: Path, threads: int, workdir: Path) -> dict[str, float]:
+def onmt_train(python: str, config: Path, threads: int, workdir: Path, keep_freed_memory: bool) -> dict[str, float]:
     """Run onmt_train; target tokens/s averaged over the reports after the first, weighted by their duration."""
     log = workdir / "onmt_train.log"
     command = [python, "-m", "onmt.bin.train", "-config", str(config)]
     start = time.perf_counter()
     with log.open("w") as handle:
-        subprocess.run(command, stdout=handle, stderr=subprocess.STDOUT, env=onmt_env(threads), check=True)
+        subprocess.run(command, stdout=handle, stderr=subprocess.STDOUT, env=onmt_env(threads, keep_freed_memory),
+                       check=True)
     wall = time.perf_counter() - start
     reports = [tuple(int(x) for x in m.groups()) for m in REPORT_LINE.finditer(log.read_text())]
     if len(reports) < 2:
@@ -168,7 +176,9 @@ def onmt_train(python: str, config: Path, threads: int, workdir: Path) -> dict[s
     return {"tok/s": weighted / seconds, "wall": wall, "log": str(log)}
 
 
-def onmt_translate(python: str, workdir: Path, source: Path, steps: int, beams: int, threads: int) -> dict:
+def onmt_translate(
+    python: str, workdir: Path, source: Path, steps: int, beams: int, threads: int, keep_freed_memory: bool
+) -> dict:
     output = workdir / f"test.beam{beams}.out"
     log = workdir / f"onmt_translate.beam{beams}.log"
     command = [
@@ -177,7 +187,8 @@ def onmt_translate(python: str, workdir: Path, source: Path, steps: int, beams: 
         "-max_length", "80", "-report_time", "-gpu", "-1",
     ]
     with log.open("w") as handle:
-        subprocess.run(command, stdout=handle, stderr=subprocess.STDOUT, env=onmt_env(threads), check=True)
+        subprocess.run(command, stdout=handle, stderr=subprocess.STDOUT, env=onmt_env(threads, keep_freed_memory),
+                       check=True)
     found = TRANSLATION_TIME.search(log.read_text())
     if not found:
         raise RuntimeError(f"onmt_translate did not report its time; see {log}")
@@ -218,16 +229,22 @@ def main() -> None:
     parser.add_argument("--length-grouping", default="source", choices=("source", "target"),
                         help="our batches' sort key, as the trainer's --length_grouping")
     parser.add_argument("--workdir", default=str(CACHE_DIR / "peers"))
+    parser.add_argument("--default-malloc", action="store_true",
+                        help="leave glibc's allocator as it is for both toolkits (by default both keep freed memory "
+                             "for reuse, as scripts/train.py does: ours by mallopt, OpenNMT-py by glibc's "
+                             "MALLOC_MMAP_MAX_/MALLOC_TRIM_THRESHOLD_ environment)")
     args = parser.parse_args()
 
     setup_threads(args.threads)
+    keep_freed_memory = not args.default_malloc and keep_freed_memory_for_reuse()
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
     print_header("OpenNMT-py 3.5.1 side by side with S2S (training, then decoding)")
     version = subprocess.run([args.onmt_python, "-c", "import onmt, torch; print(onmt.__version__, torch.__version__)"],
                              capture_output=True, text=True, check=True).stdout.split()
-    print(f"OpenNMT-py {version[0]} (torch {version[1]}) via {args.onmt_python}; {args.steps} training steps each\n",
+    print(f"OpenNMT-py {version[0]} (torch {version[1]}) via {args.onmt_python}; {args.steps} training steps each; "
+          f"allocator for both: {'freed memory kept for reuse' if keep_freed_memory else 'glibc defaults'}\n",
           flush=True)
     workdir = Path(args.workdir)
     tokenizer = get_tokenizer()
@@ -240,7 +257,8 @@ def main() -> None:
         encoding="utf-8",
     )
 
-    onmt = onmt_train(args.onmt_python, onmt_config(files, workdir, args.steps, args.seed), args.threads, workdir)
+    config = onmt_config(files, workdir, args.steps, args.seed)
+    onmt = onmt_train(args.onmt_python, config, args.threads, workdir, keep_freed_memory)
     print(f"onmt_train: {onmt['tok/s']:,.0f} target tok/s (its reports), {onmt['wall']:.0f} s in all", flush=True)
     model, ours = train_ours(tokenizer, args.steps, warmup=10, seed=args.seed, grouping=args.length_grouping)
     print(f"S2S base:   {ours['tok/s']:,.0f} target tok/s", flush=True)
@@ -258,7 +276,9 @@ def main() -> None:
     runner = Runner(tokenizer, {"max_new_tokens": 80})
     decode_rows = []
     for beams in (1, 5):
-        translated = onmt_translate(args.onmt_python, workdir, test_source, args.steps, beams, args.threads)
+        translated = onmt_translate(
+            args.onmt_python, workdir, test_source, args.steps, beams, args.threads, keep_freed_memory
+        )
         onmt_ids = [tokenizer.convert_tokens_to_ids(pieces) for pieces in translated["pieces"]]
         onmt_tokens = sum(len(ids) + 1 for ids in onmt_ids)
         with torch.inference_mode():

@@ -264,38 +264,76 @@ class S2SAttention(nn.Module):
 # ---------------------------------------------------------------------------------------------------------------
 
 
-class PackedWeights:
-    """Weights reordered once into oneDNN's blocked layout, reused by every decoding step of one `generate()` call.
+def _onednn_linear(x: torch.Tensor, packed_weight: torch.Tensor, bias, activation: str = "none") -> torch.Tensor:
+    return torch.ops.mkldnn._linear_pointwise(x, packed_weight, bias, activation, [], "")
 
-    Decoding multiplies the same weights by a few dozen rows per step; on x86 CPUs oneDNN with a pre-reordered
-    weight does that 1.3–1.6× faster than the default fp32 matmul (MKL), which re-blocks the weight on every
-    call (`benchmarks/README.md`). Used only for fp32 inference on CPU (`available`); results equal `F.linear`
-    up to float rounding. Copies start empty and reorder again on first use.
+
+class _PackedLinearFunction(torch.autograd.Function):
+    """y = x Wᵀ + b through oneDNN with reordered weights: W for the forward, Wᵀ for the input's gradient."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, packed: PackedWeights, name: str):
+        ctx.save_for_backward(x, weight)
+        ctx.packed, ctx.name, ctx.has_bias = packed, name, bias is not None
+        return _onednn_linear(x, packed.reordered(name, weight), bias)
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, weight = ctx.saved_tensors
+        grad_x = grad_weight = grad_bias = None
+        if ctx.needs_input_grad[0]:
+            grad_x = _onednn_linear(grad, ctx.packed.reordered(f"{ctx.name}.T", weight.t()), None)
+        if ctx.needs_input_grad[1]:
+            grad_weight = grad.reshape(-1, grad.shape[-1]).t() @ x.reshape(-1, x.shape[-1])
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_bias = grad.reshape(-1, grad.shape[-1]).sum(0)
+        return grad_x, grad_weight, grad_bias, None, None
+
+
+class PackedWeights:
+    """Weights reordered once into oneDNN's blocked layout, reused by every step of one decoder call.
+
+    The decoder's step loop multiplies the same weights by a few dozen rows per step (training with input
+    feeding, and decoding); on x86 CPUs oneDNN with a reordered weight does that 1.3–1.6× faster than the default
+    fp32 matmul (MKL), which re-blocks the weight on every call (`benchmarks/README.md`). Used for fp32 on CPU
+    outside autocast (`available`), in training too (the input's gradient goes through the reordered Wᵀ, the
+    weight's gradient is a plain matmul); results equal `F.linear` up to float rounding. A weight is reordered
+    on first use; copies start empty.
     """
 
     def __init__(self):
+        self._reordered: dict[str, torch.Tensor] = {}
         self._weights: dict[str, tuple[torch.Tensor, torch.Tensor | None]] = {}
 
     @staticmethod
     def available(weight: torch.Tensor) -> bool:
-        """Whether decoding with `weight` (a parameter of the model) can use oneDNN's packed matmul."""
+        """Whether the decoder's matmuls with `weight` (a parameter of the model) can go through oneDNN."""
         return (
             weight.device.type == "cpu"
             and weight.dtype == torch.float32
-            and not torch.is_grad_enabled()
             and not torch.is_autocast_enabled("cpu")
             and torch.backends.mkldnn.is_available()
             and hasattr(torch.ops.mkldnn, "_linear_pointwise")
         )
 
+    def reordered(self, name: str, weight: torch.Tensor) -> torch.Tensor:
+        if name not in self._reordered:
+            self._reordered[name] = torch.ops.mkldnn._reorder_linear_weight(weight.detach().contiguous(), None)
+        return self._reordered[name]
+
     def linear(self, name: str, x: torch.Tensor, weight_and_bias, activation: str = "none") -> torch.Tensor:
-        """`F.linear(x, *weight_and_bias())` (then `activation`: "none" or "tanh"); `weight_and_bias` is called
-        once per `name` to build the weight to reorder."""
+        """`F.linear(x, *weight_and_bias())`, then `activation` ("none" or "tanh"). `weight_and_bias` is called
+        once per `name`: later calls reuse its tensors (and their autograd history)."""
         if name not in self._weights:
-            weight, bias = weight_and_bias()
-            self._weights[name] = (torch.ops.mkldnn._reorder_linear_weight(weight.detach(), x.shape[0]), bias)
-        packed, bias = self._weights[name]
-        return torch.ops.mkldnn._linear_pointwise(x, packed, bias, activation, [], "")
+            self._weights[name] = weight_and_bias()
+        weight, bias = self._weights[name]
+        needs_grad = torch.is_grad_enabled() and (
+            x.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad)
+        )
+        if not needs_grad:
+            return _onednn_linear(x, self.reordered(name, weight), bias, activation)
+        output = _PackedLinearFunction.apply(x, weight, bias, self, name)
+        return torch.tanh(output) if activation == "tanh" else output
 
     def module(self, name: str, x: torch.Tensor, module: nn.Module, activation: str = "none") -> torch.Tensor:
         """Apply an `nn.Linear` (or `nn.Identity`) `module` to `x`."""
@@ -307,7 +345,6 @@ class PackedWeights:
         return PackedWeights()  # reordered oneDNN tensors cannot be copied; they are rebuilt on demand
 
 
-
 class S2SDecoderCache:
     """Decoder state carried between `generate()` steps; every tensor is batch-first.
 
@@ -316,7 +353,7 @@ class S2SDecoderCache:
     - self_memory: decoder self-attention keys/values over the tokens seen so far, else None
     - source_memory: attention keys/values of the encoder outputs, projected once per source
     - packed_weights: the decoder's and output layer's weights reordered for oneDNN (`PackedWeights`) when
-      decoding in fp32 on CPU, else None
+      decoding without gradients in fp32 on CPU, else None
 
     Beam search calls `reorder_cache` in place. `source_memory` is not reordered there: beams only ever move
     within one example, and every beam of an example holds the same encoder outputs.
@@ -640,23 +677,29 @@ class S2SDecoder(nn.Module):
 
     # -- shared pieces --------------------------------------------------------------------------------------
 
-    def init_cache(
-        self, encoder_outputs: S2SEncoderOutput, attention_mask: torch.Tensor, for_decoding: bool = False
-    ) -> S2SDecoderCache:
-        """Decoder state before the first target token; `for_decoding` (incremental decoding follows) adds
-        `PackedWeights` where they apply."""
+    def init_cache(self, encoder_outputs: S2SEncoderOutput, attention_mask: torch.Tensor) -> S2SDecoderCache:
+        """Decoder state before the first target token."""
         hidden, cell = self.bridge(encoder_outputs, attention_mask)
         source = encoder_outputs.last_hidden_state
         input_feed = source.new_zeros(source.shape[0], self.config.hidden_size) if self.config.input_feeding else None
-        cache = S2SDecoderCache(
+        return S2SDecoderCache(
             hidden=hidden,
             cell=cell,
             input_feed=input_feed,
             source_memory=self.attention.prepare_memory(source, source),
         )
-        if for_decoding and self._can_pack_weights():
+
+    def _packed_weights(self, cache: S2SDecoderCache, positions: int) -> PackedWeights | None:
+        """The `PackedWeights` of a call over `positions` target positions: kept in the cache across the steps of
+        decoding; with gradients on, new for each call (an optimizer step may change the weights before the next
+        one), and only for several positions (reordering costs more than it saves on a single one)."""
+        if not self._can_pack_weights():
+            return None
+        if torch.is_grad_enabled():
+            return PackedWeights() if positions > 1 else None
+        if cache.packed_weights is None:
             cache.packed_weights = PackedWeights()
-        return cache
+        return cache.packed_weights
 
     def _can_pack_weights(self) -> bool:
         # float nn.Linear / RNN weights only: a dynamically quantised or otherwise replaced module keeps its own path
@@ -708,7 +751,7 @@ class S2SDecoder(nn.Module):
 
     # -- the two drivers ------------------------------------------------------------------------------------
 
-    def _forward_fused(self, embeddings, cache, source_mask, decoder_attention_mask, lengths):
+    def _forward_fused(self, embeddings, cache, source_mask, decoder_attention_mask, lengths, packed):
         """Luong attention without input feeding: the RNN and attention run over all T steps at once."""
         total_length = embeddings.shape[1]
         rnn_input = embeddings if lengths is None else _pack(embeddings, lengths)
@@ -728,7 +771,7 @@ class S2SDecoder(nn.Module):
             for layer in range(rnn.num_layers)
         ]
 
-    def _forward_steps(self, embeddings, cache, source_mask, decoder_attention_mask, lengths):
+    def _forward_steps(self, embeddings, cache, source_mask, decoder_attention_mask, lengths, packed):
         """One RNN step per target position (input feeding, Bahdanau, and incremental generation).
 
         The cell is computed from `self.rnn`'s parameters (`_lstm_cell`/`_gru_cell`). Over several positions the
@@ -746,29 +789,30 @@ class S2SDecoder(nn.Module):
             step_embeddings = embeddings.transpose(0, 1).reshape(batch * total_length, -1)  # time-major (T·B, E)
             step_sizes = [batch] * total_length
         else:
-            packed = _pack(embeddings, lengths)
-            step_embeddings, step_sizes = packed.data, packed.batch_sizes.tolist()
-            cache.batch_select_indices(packed.sorted_indices)
-            source_mask = source_mask[packed.sorted_indices]
+            packed_batch = _pack(embeddings, lengths)
+            step_embeddings, step_sizes = packed_batch.data, packed_batch.batch_sizes.tolist()
+            cache.batch_select_indices(packed_batch.sorted_indices)
+            source_mask = source_mask[packed_batch.sorted_indices]
             if decoder_attention_mask is not None:
-                decoder_attention_mask = decoder_attention_mask[packed.sorted_indices]
+                decoder_attention_mask = decoder_attention_mask[packed_batch.sorted_indices]
         outputs, cross_weights, self_weights = self._run_steps(
-            step_embeddings, step_sizes, cache, source_mask, decoder_attention_mask
+            step_embeddings, step_sizes, cache, source_mask, decoder_attention_mask, packed
         )
         if lengths is not None:
-            packed_outputs = packed._replace(data=torch.cat(outputs).squeeze(1))
+            packed_outputs = packed_batch._replace(data=torch.cat(outputs).squeeze(1))
             return pad_packed_sequence(packed_outputs, batch_first=True, total_length=total_length)[0], None, None
         self_attention = _cat_ragged(self_weights) if self.self_attention is not None else None
         return torch.cat(outputs, dim=1), torch.cat(cross_weights, dim=2), self_attention
 
-    def _run_steps(self, step_embeddings, step_sizes, cache, source_mask, decoder_attention_mask):
+    def _run_steps(self, step_embeddings, step_sizes, cache, source_mask, decoder_attention_mask, packed):
         """The step loop over time-major `step_embeddings` (N, E): step t takes the next `step_sizes[t]` rows,
         which are the first rows of the batch (the others have ended). Returns per-step lists of outputs
-        (n_t, 1, H), cross-attention weights (n_t, h, 1, S) and self-attention weights; updates `cache`."""
-        if cache.packed_weights is not None:
-            step_cell = self._packed_step_cell(step_embeddings, step_sizes, cache.packed_weights)
+        (n_t, 1, H), cross-attention weights (n_t, h, 1, S) and self-attention weights; updates `cache`.
+        `packed`: `PackedWeights` for the step matmuls, or None for `F.linear`."""
+        if packed is not None and len(step_sizes) == 1:
+            step_cell = self._packed_step_cell(step_embeddings, step_sizes, packed)
         else:
-            step_cell = self._step_cell(step_embeddings, step_sizes)
+            step_cell = self._step_cell(step_embeddings, step_sizes, packed)
         hidden = list(cache.hidden.unbind(1))
         cell = list(cache.cell.unbind(1)) if cache.cell is not None else [None] * len(hidden)
         input_feed = cache.input_feed
@@ -797,7 +841,7 @@ class S2SDecoder(nn.Module):
                 context, weights_t = self.attention.attend(rnn_output, source_memory, value_mask=source_mask)
             step_mask = decoder_attention_mask[:, t : t + 1] if decoder_attention_mask is not None else None
             self_context, self_weight = self._self_attend(rnn_output, cache, step_mask)
-            output = self._attentional_vector(rnn_output, context, self_context, cache.packed_weights)  # (B, 1, H)
+            output = self._attentional_vector(rnn_output, context, self_context, packed)  # (B, 1, H)
             if input_feed is not None:
                 input_feed = output.squeeze(1)
             outputs.append(output)
@@ -808,12 +852,13 @@ class S2SDecoder(nn.Module):
         cache.input_feed = input_feed
         return outputs, cross_weights, self_weights
 
-    def _step_cell(self, step_embeddings: torch.Tensor, step_sizes: list[int]):
+    def _step_cell(self, step_embeddings: torch.Tensor, step_sizes: list[int], packed: PackedWeights | None = None):
         """A function (t, extra_inputs, hidden, cell) -> (hidden, cell) advancing every layer by position t
         (it may update the `hidden`/`cell` lists in place).
 
         step_embeddings: time-major (N, E), `step_sizes[t]` rows per position; extra_inputs: the (B, H) input feed
         and/or Bahdanau context of step t; hidden and cell: per-layer lists of (B, H) (cell entries None for GRU).
+        With `packed`, an LSTM's per-step matmul of the first layer goes through oneDNN.
         """
         if not hasattr(self.rnn, "weight_ih_l0"):
             return self._module_step_cell(step_embeddings, step_sizes)
@@ -838,8 +883,11 @@ class S2SDecoder(nn.Module):
                 gates = F.linear(torch.cat([step_inputs[t], *extra_inputs], dim=-1), w_ih0, b_ih0)
                 return cell_fn(gates, hidden, cell, w_hh0, b_hh0)
             if w_recurrent is not None:
-                gates = embedding_gates[t] + F.linear(torch.cat([*extra_inputs, hidden], dim=-1), w_recurrent, b_hh0)
-                return _lstm_pointwise(gates, cell)
+                recurrent_input = torch.cat([*extra_inputs, hidden], dim=-1)
+                if packed is None:
+                    return _lstm_pointwise(embedding_gates[t] + F.linear(recurrent_input, w_recurrent, b_hh0), cell)
+                recurrent = packed.linear("rnn.0.recurrent", recurrent_input, lambda: (w_recurrent, b_hh0))
+                return _lstm_pointwise(embedding_gates[t] + recurrent, cell)
             gates = embedding_gates[t]
             if extra_inputs:
                 gates = gates + F.linear(torch.cat(extra_inputs, dim=-1), w_extra)
@@ -879,8 +927,9 @@ class S2SDecoder(nn.Module):
 
         return step
 
-    def _module_step_cell(self, step_embeddings: torch.Tensor, step_sizes: list[int]):
-        """Step function that calls `self.rnn` itself on one position (for RNN modules without float weights)."""
+    def _module_step_cell(self, step_embeddings: torch.Tensor, step_sizes: list[int], packed=None):
+        """Step function that calls `self.rnn` itself on one position (for RNN modules without float weights;
+        `packed` is not used: such a module has no weights to reorder)."""
         step_inputs = step_embeddings.split(step_sizes)
 
         def step(t, extra_inputs, hidden, cell):
@@ -924,14 +973,15 @@ class S2SDecoder(nn.Module):
         may_skip_padding = past_key_values is None and not use_cache and not output_attentions
         lengths = _trailing_padding_lengths(decoder_attention_mask) if may_skip_padding else None
         if past_key_values is None:
-            past_key_values = self.init_cache(encoder_outputs, encoder_attention_mask, for_decoding=use_cache)
+            past_key_values = self.init_cache(encoder_outputs, encoder_attention_mask)
         cache = past_key_values
         embeddings = self.embedding_dropout(self.embed_tokens(input_ids))
         # Fused only pays off over several positions; a single position (generation) takes the step path.
         fused = self.config.fused_decoder and input_ids.shape[1] > 1
         drive = self._forward_fused if fused else self._forward_steps
         outputs, cross_weights, self_weights = drive(
-            embeddings, cache, encoder_attention_mask, decoder_attention_mask, lengths
+            embeddings, cache, encoder_attention_mask, decoder_attention_mask, lengths,
+            self._packed_weights(cache, input_ids.shape[1]),
         )
         cache.seen_tokens += input_ids.shape[1]
         return S2SDecoderOutput(
@@ -1205,17 +1255,28 @@ class S2SForConditionalGeneration(S2SPreTrainedModel, GenerationMixin):
 
     def _vocabulary_logits(self, hidden: torch.Tensor, cache: S2SDecoderCache | None) -> torch.Tensor:
         """(B, T, H) attentional vectors -> (B, T, V) logits, through the cache's `PackedWeights` when it has them."""
-        packed = cache.packed_weights if isinstance(cache, S2SDecoderCache) else None
+        # the cache's packed weights serve decoding; with gradients on they may be stale after an optimizer step
+        packed = cache.packed_weights if isinstance(cache, S2SDecoderCache) and not torch.is_grad_enabled() else None
         plain_head = type(self.lm_head) is nn.Linear and type(self.output_projection) in (nn.Linear, nn.Identity)
         if packed is None or not plain_head:
             return self.lm_head(self.output_projection(hidden))
         return packed.module("lm_head", packed.module("output_projection", hidden, self.output_projection), self.lm_head)
 
+    def _span_logits_and_loss(self, hidden, labels, label_span, num_items_in_batch):
+        """Logits (B, T, V) and loss with the output layer run only inside `label_span` (B, T): it is the largest
+        matmul of a step, and the positions after a row's last label predict nothing (their logits stay 0)."""
+        inside = label_span.bool()
+        span_logits = self._vocabulary_logits(hidden[inside], None)  # (N, V)
+        loss = self._loss(span_logits, labels[inside], num_items_in_batch)
+        logits = span_logits.new_zeros(*labels.shape, span_logits.shape[-1]).index_put_((inside,), span_logits)
+        return logits, loss
+
     def _loss(self, logits: torch.Tensor, labels: torch.Tensor, num_items_in_batch) -> torch.Tensor:
-        # Sum over tokens, divided by the real-token count of the whole (accumulated) batch when Trainer gives it.
+        # logits (..., V) and labels (...). Sum over tokens, divided by the real-token count of the whole
+        # (accumulated) batch when Trainer gives it.
         loss = F.cross_entropy(
-            logits.float().flatten(0, 1),
-            labels.flatten(),
+            logits.float().reshape(-1, logits.shape[-1]),
+            labels.reshape(-1),
             ignore_index=-100,
             reduction="sum",
             label_smoothing=self.config.label_smoothing,
@@ -1244,9 +1305,10 @@ class S2SForConditionalGeneration(S2SPreTrainedModel, GenerationMixin):
         """Returns `Seq2SeqLMOutput` with logits (B, T, V) and, given `labels` (B, T) (`-100` ignored), the
         token-averaged cross-entropy `loss`. Without `decoder_input_ids`, they are `labels` shifted right.
 
-        In training mode with `labels` and no `decoder_attention_mask`, the decoder stops each row after its last
-        label that is not -100 (the padding of a batch), so the logits after it carry no meaning."""
+        In training mode with `labels` and no `decoder_attention_mask`, the decoder and the output layer stop each
+        row after its last label that is not -100 (the padding of a batch); the logits after it are 0."""
         return_dict = self.config.return_dict if return_dict is None else return_dict
+        label_span = None
         if labels is not None:
             check_token_ids(labels, self.config.decoder_vocab_size, "labels", allow_ignore_index=True)
             use_cache = False
@@ -1258,7 +1320,7 @@ class S2SForConditionalGeneration(S2SPreTrainedModel, GenerationMixin):
                     f"{tuple(decoder_input_ids.shape)}."
                 )
             if decoder_attention_mask is None and self.training:
-                decoder_attention_mask = _label_span_mask(labels)
+                decoder_attention_mask = label_span = _label_span_mask(labels)
         active_rows = past_key_values.active_rows if isinstance(past_key_values, S2SDecoderCache) else None
         if active_rows is not None:
             return self._forward_active_rows(
@@ -1277,10 +1339,11 @@ class S2SForConditionalGeneration(S2SPreTrainedModel, GenerationMixin):
             output_hidden_states=output_hidden_states,
             return_dict=True,
         )
-        logits = self._vocabulary_logits(outputs.last_hidden_state, outputs.past_key_values)
-        loss = None
-        if labels is not None:
-            loss = self._loss(logits, labels, num_items_in_batch)
+        if label_span is not None:
+            logits, loss = self._span_logits_and_loss(outputs.last_hidden_state, labels, label_span, num_items_in_batch)
+        else:
+            logits = self._vocabulary_logits(outputs.last_hidden_state, outputs.past_key_values)
+            loss = self._loss(logits, labels, num_items_in_batch) if labels is not None else None
         output = Seq2SeqLMOutput(
             loss=loss,
             logits=logits,

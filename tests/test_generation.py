@@ -450,23 +450,24 @@ def test_packed_weights_decode_like_plain_matmuls(monkeypatch, options, num_beam
         torch.testing.assert_close(packed_scores, plain_scores, atol=ATOL, rtol=0)
 
 
-def test_weights_are_packed_only_for_fp32_inference_on_cpu():
+def test_weights_are_packed_for_fp32_on_cpu_outside_autocast():
     model = make_model(**GRID[0])
     ids, mask = random_ids(SOURCE_LENGTHS)
     encoder_outputs = model.get_encoder()(input_ids=ids, attention_mask=mask)
     decoder = model.get_decoder()
-
-    def packs(**kw) -> bool:
-        return decoder.init_cache(encoder_outputs, mask, **kw).packed_weights is not None
-
+    cache = decoder.init_cache(encoder_outputs, mask)
     with torch.no_grad():
-        assert packs(for_decoding=True)
-        assert not packs(for_decoding=False)  # a teacher-forced pass computes each weight product once anyway
+        decoding = decoder._packed_weights(cache, 1)
+        assert decoding is not None and decoder._packed_weights(cache, 1) is decoding  # kept for every step
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            assert not packs(for_decoding=True)  # autocast picks the matmul precision itself
-    assert not packs(for_decoding=True)  # gradients wanted: oneDNN's packed matmul has no backward
+            assert decoder._packed_weights(cache, 1) is None  # autocast picks the matmul precision itself
+    # With gradients on, every call reorders afresh (an optimizer step may have changed the weights since), and
+    # only when the call's step loop reuses the weights.
+    training = decoder._packed_weights(cache, 5)
+    assert training is not None and training is not decoding and decoder._packed_weights(cache, 5) is not training
+    assert decoder._packed_weights(cache, 1) is None
     with torch.no_grad():
-        assert not make_model(**GRID[0]).to(torch.bfloat16).get_decoder()._can_pack_weights()
+        assert make_model(**GRID[0]).to(torch.bfloat16).get_decoder()._packed_weights(cache, 1) is None
 
 
 def test_a_copied_cache_rebuilds_its_packed_weights():

@@ -179,9 +179,43 @@ def test_training_skips_label_padding_without_changing_loss_or_gradients(monkeyp
     real = labels != -100
     real[1, 1] = True
     torch.testing.assert_close(logits[real], full_logits[real], atol=ATOL, rtol=0)
+    assert bool((logits[~real] == 0).all())  # after a row's last label nothing was computed, not even logits
     assert gradients.keys() == full_gradients.keys()
     for name, gradient in gradients.items():
         torch.testing.assert_close(gradient, full_gradients[name], atol=1e-5, rtol=1e-4, msg=name)
+
+
+@pytest.mark.parametrize("options", [GRID[0], GRID[4], GRID[10], GRID[15]], ids=grid_id)
+def test_training_through_onednn_gives_the_loss_and_gradients_of_plain_matmuls(monkeypatch, options):
+    """An LSTM decoder with input feeding runs its per-step matmuls through oneDNN with reordered weights in
+    training too (`PackedWeights`, fp32 on CPU); loss and gradients equal those of `F.linear`."""
+    from modeling_s2s.modeling_s2s import PackedWeights
+
+    model = make_model(**options, dropout=0.0, embedding_dropout=0.0, attention_dropout=0.0).train()
+    ids, mask = random_ids(SOURCE_LENGTHS)
+    labels = _decoder_inputs(model, 3, 6)[:, 1:]
+    labels[0, 3:] = -100
+    used = []
+    original_linear = PackedWeights.linear
+    monkeypatch.setattr(PackedWeights, "linear", lambda self, name, *a, **k: used.append(name) or original_linear(
+        self, name, *a, **k))
+
+    def loss_and_gradients():
+        model.zero_grad()
+        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+        loss.backward()
+        return loss.detach(), {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+
+    loss, gradients = loss_and_gradients()
+    assert {"rnn.0.recurrent", "combine"} <= set(used)
+    monkeypatch.setattr(S2SDecoder, "_can_pack_weights", lambda self: False)
+    used.clear()
+    plain_loss, plain_gradients = loss_and_gradients()
+    assert not used
+    torch.testing.assert_close(loss, plain_loss, atol=1e-6, rtol=1e-6)
+    assert gradients.keys() == plain_gradients.keys()
+    for name, gradient in gradients.items():
+        torch.testing.assert_close(gradient, plain_gradients[name], atol=1e-5, rtol=1e-4, msg=name)
 
 
 def test_decoder_attention_mask_must_match_the_decoder_inputs():
