@@ -674,10 +674,10 @@ def pair_length_keys(dataset: Dataset, first: str = "source") -> list[int]:
     """Length-grouping keys of tokenized pairs: by source length, then target length (or the other way round).
 
     `first="source"` (the default) sorts as transformers' `group_by_length` does, by the length of `input_ids`,
-    and breaks ties by target length. An RNN decoder runs one step per position of the longest target in a batch,
-    so `first="target"` gives batches of targets of equal length and the fastest steps (on Multi30k 3 % of the
-    target positions are padding instead of 30 %; 1.2–1.4× faster training steps); in 25-minute bf16 runs it gave
-    lower BLEU than source-first batches, in an fp32 run higher (benchmarks/RESULTS_quality.md).
+    and breaks ties by target length. `first="target"` gives batches of targets of nearly equal length (on
+    Multi30k 3 % of the target positions are padding instead of 30 %; the decoder skips that padding in training
+    either way); in 25-minute bf16 runs it gave lower BLEU than source-first batches, in an fp32 run higher
+    (benchmarks/RESULTS_quality.md).
 
     Returns one int per example that sorts as `(len(input_ids), len(labels))`, or as
     `(len(labels), len(input_ids))` with `first="target"`.

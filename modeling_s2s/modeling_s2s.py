@@ -264,6 +264,13 @@ class S2SAttention(nn.Module):
 # ---------------------------------------------------------------------------------------------------------------
 
 
+def _cpu_autocast_enabled() -> bool:
+    try:
+        return torch.is_autocast_enabled("cpu")
+    except TypeError:  # torch < 2.4
+        return torch.is_autocast_cpu_enabled()
+
+
 def _onednn_linear(x: torch.Tensor, packed_weight: torch.Tensor, bias, activation: str = "none") -> torch.Tensor:
     return torch.ops.mkldnn._linear_pointwise(x, packed_weight, bias, activation, [], "")
 
@@ -294,8 +301,8 @@ class PackedWeights:
     """Weights reordered once into oneDNN's blocked layout, reused by every step of one decoder call.
 
     The decoder's step loop multiplies the same weights by a few dozen rows per step (training with input
-    feeding, and decoding); on x86 CPUs oneDNN with a reordered weight does that 1.3–1.6× faster than the default
-    fp32 matmul (MKL), which re-blocks the weight on every call (`benchmarks/README.md`). Used for fp32 on CPU
+    feeding, and decoding); with the weight reordered once, oneDNN does that 1.3–1.6× faster than the default
+    fp32 matmul (MKL) on the project's AMD AVX-512 machine (`benchmarks/README.md`, fifth session). Used for fp32 on CPU
     outside autocast (`available`), in training too (the input's gradient goes through the reordered Wᵀ, the
     weight's gradient is a plain matmul); results equal `F.linear` up to float rounding. A weight is reordered
     on first use; copies start empty.
@@ -307,12 +314,15 @@ class PackedWeights:
 
     @staticmethod
     def available(weight: torch.Tensor) -> bool:
-        """Whether the decoder's matmuls with `weight` (a parameter of the model) can go through oneDNN."""
+        """Whether the decoder's matmuls with `weight` (a parameter of the model) can go through oneDNN: fp32 on
+        an x86 CPU with AVX2 or AVX-512 (where it was measured), outside autocast and `torch.compile`."""
         return (
             weight.device.type == "cpu"
             and weight.dtype == torch.float32
-            and not torch.is_autocast_enabled("cpu")
+            and not _cpu_autocast_enabled()
+            and not torch.compiler.is_compiling()
             and torch.backends.mkldnn.is_available()
+            and torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512")
             and hasattr(torch.ops.mkldnn, "_linear_pointwise")
         )
 
@@ -752,7 +762,8 @@ class S2SDecoder(nn.Module):
     # -- the two drivers ------------------------------------------------------------------------------------
 
     def _forward_fused(self, embeddings, cache, source_mask, decoder_attention_mask, lengths, packed):
-        """Luong attention without input feeding: the RNN and attention run over all T steps at once."""
+        """Luong attention without input feeding: the RNN and attention run over all T steps at once (one packed
+        RNN call when `lengths` are given). `packed` is unused: these matmuls are large enough for the default."""
         total_length = embeddings.shape[1]
         rnn_input = embeddings if lengths is None else _pack(embeddings, lengths)
         rnn_output, state = self.rnn(rnn_input, self._to_rnn_state(cache))  # (B, T, H)
@@ -972,9 +983,7 @@ class S2SDecoder(nn.Module):
             )
         may_skip_padding = past_key_values is None and not use_cache and not output_attentions
         lengths = _trailing_padding_lengths(decoder_attention_mask) if may_skip_padding else None
-        if past_key_values is None:
-            past_key_values = self.init_cache(encoder_outputs, encoder_attention_mask)
-        cache = past_key_values
+        cache = past_key_values if past_key_values is not None else self.init_cache(encoder_outputs, encoder_attention_mask)
         embeddings = self.embedding_dropout(self.embed_tokens(input_ids))
         # Fused only pays off over several positions; a single position (generation) takes the step path.
         fused = self.config.fused_decoder and input_ids.shape[1] > 1

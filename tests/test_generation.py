@@ -5,7 +5,18 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import BOS, EOS, FIRST_REAL, GRID, PAD, assert_same_generation, grid_id, make_model, random_ids
+from conftest import (
+    BOS,
+    EOS,
+    FIRST_REAL,
+    GRID,
+    PAD,
+    assert_same_generation,
+    grid_id,
+    make_model,
+    needs_onednn_matmuls,
+    random_ids,
+)
 from transformers import GenerationMixin, LogitsProcessor, LogitsProcessorList
 
 from modeling_s2s import S2SDecoderCache, S2SForConditionalGeneration
@@ -428,6 +439,7 @@ def _generate_capturing_caches(monkeypatch, model, ids, mask, **kwargs):
     return output, caches
 
 
+@needs_onednn_matmuls
 @pytest.mark.parametrize("options", [GRID[0], GRID[3], GRID[5], GRID[8], GRID[10]], ids=grid_id)
 @pytest.mark.parametrize("num_beams", [1, 3])
 def test_packed_weights_decode_like_plain_matmuls(monkeypatch, options, num_beams):
@@ -450,6 +462,7 @@ def test_packed_weights_decode_like_plain_matmuls(monkeypatch, options, num_beam
         torch.testing.assert_close(packed_scores, plain_scores, atol=ATOL, rtol=0)
 
 
+@needs_onednn_matmuls
 def test_weights_are_packed_for_fp32_on_cpu_outside_autocast():
     model = make_model(**GRID[0])
     ids, mask = random_ids(SOURCE_LENGTHS)
@@ -470,6 +483,7 @@ def test_weights_are_packed_for_fp32_on_cpu_outside_autocast():
         assert make_model(**GRID[0]).to(torch.bfloat16).get_decoder()._packed_weights(cache, 1) is None
 
 
+@needs_onednn_matmuls
 def test_a_copied_cache_rebuilds_its_packed_weights():
     import copy
 

@@ -10,7 +10,19 @@ from collections import Counter
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import BOS, EOS, FIRST_REAL, GRID, PAD, VOCAB, decoder_vocab, grid_id, make_model, random_ids
+from conftest import (
+    BOS,
+    EOS,
+    FIRST_REAL,
+    GRID,
+    PAD,
+    VOCAB,
+    decoder_vocab,
+    grid_id,
+    make_model,
+    needs_onednn_matmuls,
+    random_ids,
+)
 from torch import nn
 from transformers import DataCollatorForSeq2Seq
 
@@ -185,6 +197,7 @@ def test_training_skips_label_padding_without_changing_loss_or_gradients(monkeyp
         torch.testing.assert_close(gradient, full_gradients[name], atol=1e-5, rtol=1e-4, msg=name)
 
 
+@needs_onednn_matmuls
 @pytest.mark.parametrize("options", [GRID[0], GRID[4], GRID[10], GRID[15]], ids=grid_id)
 def test_training_through_onednn_gives_the_loss_and_gradients_of_plain_matmuls(monkeypatch, options):
     """An LSTM decoder with input feeding runs its per-step matmuls through oneDNN with reordered weights in
