@@ -264,11 +264,17 @@ class S2SAttention(nn.Module):
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def _cpu_autocast_enabled() -> bool:
+def _autocast_dtype(device_type: str) -> torch.dtype | None:
+    """The dtype autocast runs matmuls in on `device_type` ("cpu", "cuda"), or None outside autocast."""
     try:
-        return torch.is_autocast_enabled("cpu")
-    except TypeError:  # torch < 2.4
-        return torch.is_autocast_cpu_enabled()
+        enabled = torch.is_autocast_enabled(device_type)
+    except TypeError:  # torch < 2.4: one function per device type
+        enabled = torch.is_autocast_cpu_enabled() if device_type == "cpu" else torch.is_autocast_enabled()
+    if not enabled:
+        return None
+    if hasattr(torch, "get_autocast_dtype"):
+        return torch.get_autocast_dtype(device_type)
+    return torch.get_autocast_cpu_dtype() if device_type == "cpu" else torch.get_autocast_gpu_dtype()
 
 
 def _onednn_linear(x: torch.Tensor, packed_weight: torch.Tensor, bias, activation: str = "none") -> torch.Tensor:
@@ -319,7 +325,7 @@ class PackedWeights:
         return (
             weight.device.type == "cpu"
             and weight.dtype == torch.float32
-            and not _cpu_autocast_enabled()
+            and _autocast_dtype("cpu") is None
             and not torch.compiler.is_compiling()
             and torch.backends.mkldnn.is_available()
             and torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512")
@@ -885,8 +891,11 @@ class S2SDecoder(nn.Module):
             # the embeddings' share of the gates for all positions in one matmul, split (not indexed) per step:
             # indexing makes autograd zero-fill a gradient of the whole tensor for every step
             embedding_gates = F.linear(step_embeddings, w_ih0[:, :embedding_size], b_ih0).split(step_sizes)
-            # LSTM: the input feed / Bahdanau context and the hidden state share one matmul per step
-            w_recurrent = torch.cat([w_extra, w_hh0], dim=1) if is_lstm else None
+            # LSTM: the input feed / Bahdanau context and the hidden state share one matmul per step. Not under
+            # autocast: it caches its casts of parameters only, so it would cast the merged weight at every step
+            # (and casting it once ourselves would sum its gradient over the steps in low precision).
+            merge = is_lstm and _autocast_dtype(w_ih0.device.type) is None
+            w_recurrent = torch.cat([w_extra, w_hh0], dim=1) if merge else None
         step_inputs = step_embeddings.split(step_sizes) if embedding_gates is None else None
 
         def first_layer(t, extra_inputs, hidden, cell):
