@@ -308,10 +308,10 @@ class PackedWeights:
 
     The decoder's step loop multiplies the same weights by a few dozen rows per step (training with input
     feeding, and decoding); with the weight reordered once, oneDNN does that 1.3–1.6× faster than the default
-    fp32 matmul (MKL) on the project's AMD AVX-512 machine (`benchmarks/README.md`, fifth session). Used for fp32 on CPU
-    outside autocast (`available`), in training too (the input's gradient goes through the reordered Wᵀ, the
-    weight's gradient is a plain matmul); results equal `F.linear` up to float rounding. A weight is reordered
-    on first use; copies start empty.
+    fp32 matmul (MKL) on the project's AMD AVX-512 machine (`benchmarks/README.md`, fifth session). Used for fp32
+    on CPU outside autocast (`available`), in training too (the input's gradient goes through the reordered Wᵀ,
+    the weight's gradient is a plain matmul); results equal `F.linear` up to float rounding. A weight is
+    reordered on first use; copies start empty.
     """
 
     def __init__(self):
@@ -767,14 +767,10 @@ class S2SDecoder(nn.Module):
 
     # -- the two drivers ------------------------------------------------------------------------------------
 
-    def _forward_fused(self, embeddings, cache, source_mask, decoder_attention_mask, lengths, packed):
-        """Luong attention without input feeding: the RNN and attention run over all T steps at once (one packed
-        RNN call when `lengths` are given). `packed` is unused: these matmuls are large enough for the default."""
-        total_length = embeddings.shape[1]
-        rnn_input = embeddings if lengths is None else _pack(embeddings, lengths)
-        rnn_output, state = self.rnn(rnn_input, self._to_rnn_state(cache))  # (B, T, H)
-        if lengths is not None:
-            rnn_output = pad_packed_sequence(rnn_output, batch_first=True, total_length=total_length)[0]
+    def _forward_fused(self, embeddings, cache, source_mask, decoder_attention_mask, packed):
+        """Luong attention without input feeding: the RNN and attention run over all T steps at once. `packed` is
+        unused: these matmuls are large enough for the default."""
+        rnn_output, state = self.rnn(embeddings, self._to_rnn_state(cache))  # (B, T, H)
         self._store_rnn_state(cache, state)
         context, cross_weights = self.attention.attend(rnn_output, cache.source_memory, value_mask=source_mask)
         self_context, self_weights = self._self_attend(rnn_output, cache, decoder_attention_mask)
@@ -788,74 +784,35 @@ class S2SDecoder(nn.Module):
             for layer in range(rnn.num_layers)
         ]
 
-    def _forward_steps(self, embeddings, cache, source_mask, decoder_attention_mask, lengths, packed):
+    def _forward_steps(self, embeddings, cache, source_mask, decoder_attention_mask, packed):
         """One RNN step per target position (input feeding, Bahdanau, and incremental generation).
 
         The cell is computed from `self.rnn`'s parameters (`_lstm_cell`/`_gru_cell`). Over several positions the
         embeddings' share of the first layer's gates is projected for all T steps in one matmul, so only the
         recurrent part, input feed and Bahdanau context are per-step work; a single position (generation) takes
         one matmul over the whole RNN input. A dynamically quantised `self.rnn` (`torch.ao` `quantize_dynamic`)
-        has no float weights to read: it is then called one step at a time.
-
-        With `lengths` (B,) the batch runs like a packed RNN: rows are sorted longest first and each leaves the
-        loop after its last real position, so target padding costs no steps. Outputs at padded positions are
-        then zero and `cache` is left sorted and cut short (the caller returns no cache then).
+        has no float weights to read: it is then called one step at a time. `packed`: `PackedWeights` for the
+        step matmuls, or None for `F.linear`.
         """
-        batch, total_length = embeddings.shape[:2]
-        if lengths is None:
-            step_embeddings = embeddings.transpose(0, 1).reshape(batch * total_length, -1)  # time-major (T·B, E)
-            step_sizes = [batch] * total_length
+        if packed is not None and embeddings.shape[1] == 1:
+            step_cell = self._packed_step_cell(embeddings, packed)
         else:
-            packed_batch = _pack(embeddings, lengths)
-            step_embeddings, step_sizes = packed_batch.data, packed_batch.batch_sizes.tolist()
-            cache.batch_select_indices(packed_batch.sorted_indices)
-            source_mask = source_mask[packed_batch.sorted_indices]
-            if decoder_attention_mask is not None:
-                decoder_attention_mask = decoder_attention_mask[packed_batch.sorted_indices]
-        outputs, cross_weights, self_weights = self._run_steps(
-            step_embeddings, step_sizes, cache, source_mask, decoder_attention_mask, packed
-        )
-        if lengths is not None:
-            packed_outputs = packed_batch._replace(data=torch.cat(outputs).squeeze(1))
-            return pad_packed_sequence(packed_outputs, batch_first=True, total_length=total_length)[0], None, None
-        self_attention = _cat_ragged(self_weights) if self.self_attention is not None else None
-        return torch.cat(outputs, dim=1), torch.cat(cross_weights, dim=2), self_attention
-
-    def _run_steps(self, step_embeddings, step_sizes, cache, source_mask, decoder_attention_mask, packed):
-        """The step loop over time-major `step_embeddings` (N, E): step t takes the next `step_sizes[t]` rows,
-        which are the first rows of the batch (the others have ended). Returns per-step lists of outputs
-        (n_t, 1, H), cross-attention weights (n_t, h, 1, S) and self-attention weights; updates `cache`.
-        `packed`: `PackedWeights` for the step matmuls, or None for `F.linear`."""
-        if packed is not None and len(step_sizes) == 1:
-            step_cell = self._packed_step_cell(step_embeddings, step_sizes, packed)
-        else:
-            step_cell = self._step_cell(step_embeddings, step_sizes, packed)
+            step_cell = self._step_cell(embeddings, packed)
         hidden = list(cache.hidden.unbind(1))
         cell = list(cache.cell.unbind(1)) if cache.cell is not None else [None] * len(hidden)
         input_feed = cache.input_feed
-        source_memory = cache.source_memory
         bahdanau = self.config.attention_style == "bahdanau"
         outputs, cross_weights, self_weights = [], [], []
-        for t, rows in enumerate(step_sizes):
-            if rows < hidden[0].shape[0]:  # the last rows have ended: keep the running ones
-                hidden = [h[:rows] for h in hidden]
-                cell = [c[:rows] if c is not None else None for c in cell]
-                input_feed = input_feed[:rows] if input_feed is not None else None
-                source_memory = source_memory.first_rows(rows)
-                source_mask = source_mask[:rows]
-                if cache.self_memory is not None:
-                    cache.self_memory = cache.self_memory.first_rows(rows)
-                if decoder_attention_mask is not None:
-                    decoder_attention_mask = decoder_attention_mask[:rows]
+        for t in range(embeddings.shape[1]):
             extra_inputs = [] if input_feed is None else [input_feed]
             if bahdanau:
                 query = hidden[-1].unsqueeze(1)  # previous top-layer state: (B, 1, H)
-                context, weights_t = self.attention.attend(query, source_memory, value_mask=source_mask)
+                context, weights_t = self.attention.attend(query, cache.source_memory, value_mask=source_mask)
                 extra_inputs.append(context.squeeze(1))
             hidden, cell = step_cell(t, extra_inputs, hidden, cell)
             rnn_output = hidden[-1].unsqueeze(1)  # (B, 1, H)
             if not bahdanau:
-                context, weights_t = self.attention.attend(rnn_output, source_memory, value_mask=source_mask)
+                context, weights_t = self.attention.attend(rnn_output, cache.source_memory, value_mask=source_mask)
             step_mask = decoder_attention_mask[:, t : t + 1] if decoder_attention_mask is not None else None
             self_context, self_weight = self._self_attend(rnn_output, cache, step_mask)
             output = self._attentional_vector(rnn_output, context, self_context, packed)  # (B, 1, H)
@@ -867,40 +824,39 @@ class S2SDecoder(nn.Module):
         cache.hidden = torch.stack(hidden, dim=1)
         cache.cell = torch.stack(cell, dim=1) if cell[0] is not None else None
         cache.input_feed = input_feed
-        return outputs, cross_weights, self_weights
+        self_attention = _cat_ragged(self_weights) if self.self_attention is not None else None
+        return torch.cat(outputs, dim=1), torch.cat(cross_weights, dim=2), self_attention
 
-    def _step_cell(self, step_embeddings: torch.Tensor, step_sizes: list[int], packed: PackedWeights | None = None):
+    def _step_cell(self, embeddings: torch.Tensor, packed: PackedWeights | None = None):
         """A function (t, extra_inputs, hidden, cell) -> (hidden, cell) advancing every layer by position t
         (it may update the `hidden`/`cell` lists in place).
 
-        step_embeddings: time-major (N, E), `step_sizes[t]` rows per position; extra_inputs: the (B, H) input feed
-        and/or Bahdanau context of step t; hidden and cell: per-layer lists of (B, H) (cell entries None for GRU).
-        With `packed`, an LSTM's per-step matmul of the first layer goes through oneDNN.
+        embeddings: (B, T, E); extra_inputs: the (B, H) input feed and/or Bahdanau context of step t; hidden and
+        cell: per-layer lists of (B, H) (cell entries None for GRU). With `packed`, an LSTM's per-step matmul of
+        the first layer goes through oneDNN.
         """
         if not hasattr(self.rnn, "weight_ih_l0"):
-            return self._module_step_cell(step_embeddings, step_sizes)
+            return self._module_step_cell(embeddings)
         weights = self._step_weights()
         w_ih0, w_hh0, b_ih0, b_hh0 = weights[0]
-        embedding_size = step_embeddings.shape[-1]
+        embedding_size = embeddings.shape[-1]
         w_extra = w_ih0[:, embedding_size:]  # input feed and/or Bahdanau context columns
         is_lstm = self.config.cell_type == "lstm"
         cell_fn = _lstm_cell if is_lstm else _gru_cell
-        if len(step_sizes) == 1:
+        if embeddings.shape[1] == 1:
             embedding_gates, w_recurrent = None, None
         else:
-            # the embeddings' share of the gates for all positions in one matmul, split (not indexed) per step:
-            # indexing makes autograd zero-fill a gradient of the whole tensor for every step
-            embedding_gates = F.linear(step_embeddings, w_ih0[:, :embedding_size], b_ih0).split(step_sizes)
+            # unbind once: indexing [:, t] per step makes autograd zero-fill a (B, T, G) gradient for every step
+            embedding_gates = F.linear(embeddings, w_ih0[:, :embedding_size], b_ih0).unbind(1)  # T x (B, G)
             # LSTM: the input feed / Bahdanau context and the hidden state share one matmul per step. Not under
             # autocast: it caches its casts of parameters only, so it would cast the merged weight at every step
             # (and casting it once ourselves would sum its gradient over the steps in low precision).
             merge = is_lstm and _autocast_dtype(w_ih0.device.type) is None
             w_recurrent = torch.cat([w_extra, w_hh0], dim=1) if merge else None
-        step_inputs = step_embeddings.split(step_sizes) if embedding_gates is None else None
 
         def first_layer(t, extra_inputs, hidden, cell):
             if embedding_gates is None:  # one position: the whole RNN input in one matmul
-                gates = F.linear(torch.cat([step_inputs[t], *extra_inputs], dim=-1), w_ih0, b_ih0)
+                gates = F.linear(torch.cat([embeddings[:, t], *extra_inputs], dim=-1), w_ih0, b_ih0)
                 return cell_fn(gates, hidden, cell, w_hh0, b_hh0)
             if w_recurrent is not None:
                 recurrent_input = torch.cat([*extra_inputs, hidden], dim=-1)
@@ -922,11 +878,10 @@ class S2SDecoder(nn.Module):
 
         return step
 
-    def _packed_step_cell(self, step_embeddings: torch.Tensor, step_sizes: list[int], packed: PackedWeights):
+    def _packed_step_cell(self, embeddings: torch.Tensor, packed: PackedWeights):
         """`_step_cell` for decoding with `PackedWeights`: every matmul goes through oneDNN, and an LSTM layer
         takes its input and recurrent share in one matmul over [x; h] (weights [W_ih | W_hh], bias b_ih + b_hh)."""
         weights = self._step_weights()
-        step_inputs = step_embeddings.split(step_sizes)
         is_lstm = self.config.cell_type == "lstm"
 
         def layer_step(layer, x, hidden, cell):
@@ -938,7 +893,7 @@ class S2SDecoder(nn.Module):
             return _gru_pointwise(x_gates, packed.linear(f"rnn.{layer}.hh", hidden, lambda: (w_hh, b_hh)), hidden), None
 
         def step(t, extra_inputs, hidden, cell):
-            x = torch.cat([step_inputs[t], *extra_inputs], dim=-1)
+            x = torch.cat([embeddings[:, t], *extra_inputs], dim=-1)
             for layer in range(len(weights)):
                 if layer > 0:
                     x = F.dropout(hidden[layer - 1], self.rnn.dropout, self.training)
@@ -947,13 +902,12 @@ class S2SDecoder(nn.Module):
 
         return step
 
-    def _module_step_cell(self, step_embeddings: torch.Tensor, step_sizes: list[int], packed=None):
+    def _module_step_cell(self, embeddings: torch.Tensor, packed=None):
         """Step function that calls `self.rnn` itself on one position (for RNN modules without float weights;
         `packed` is not used: such a module has no weights to reorder)."""
-        step_inputs = step_embeddings.split(step_sizes)
 
         def step(t, extra_inputs, hidden, cell):
-            step_input = torch.cat([step_inputs[t], *extra_inputs], dim=-1).unsqueeze(1)  # (B, 1, rnn input)
+            step_input = torch.cat([embeddings[:, t], *extra_inputs], dim=-1).unsqueeze(1)  # (B, 1, rnn input)
             state = torch.stack(hidden)
             state = (state, torch.stack(cell)) if cell[0] is not None else state
             _, state = self.rnn(step_input, state)
@@ -979,10 +933,8 @@ class S2SDecoder(nn.Module):
             input_ids: (B, T) decoder input ids.
             encoder_outputs: the encoder's output for the same batch (beam-expanded in generation).
             encoder_attention_mask: (B, S) 1 for real source tokens.
-            decoder_attention_mask: (B, T) 1 for real target tokens, padding at the end of a row. It masks the
-                keys of the self-attention, and when no cache or attention weights are asked for (training), the
-                decoder RNN stops each row after its last real token: outputs at the padded positions after it
-                carry no meaning (a causal decoder never looks ahead, so real positions are unaffected).
+            decoder_attention_mask: (B, T) 1 for real target tokens (keys of the self-attention only: padded
+                targets sit at the end, which a causal decoder never looks ahead to).
         """
         check_token_ids(input_ids, self.config.decoder_vocab_size, "decoder_input_ids")
         if decoder_attention_mask is not None and tuple(decoder_attention_mask.shape) != tuple(input_ids.shape):
@@ -990,16 +942,13 @@ class S2SDecoder(nn.Module):
                 f"`decoder_attention_mask` has shape {tuple(decoder_attention_mask.shape)} but `decoder_input_ids` "
                 f"have shape {tuple(input_ids.shape)}."
             )
-        may_skip_padding = past_key_values is None and not use_cache and not output_attentions
-        lengths = _trailing_padding_lengths(decoder_attention_mask) if may_skip_padding else None
         cache = past_key_values if past_key_values is not None else self.init_cache(encoder_outputs, encoder_attention_mask)
         embeddings = self.embedding_dropout(self.embed_tokens(input_ids))
         # Fused only pays off over several positions; a single position (generation) takes the step path.
         fused = self.config.fused_decoder and input_ids.shape[1] > 1
         drive = self._forward_fused if fused else self._forward_steps
         outputs, cross_weights, self_weights = drive(
-            embeddings, cache, encoder_attention_mask, decoder_attention_mask, lengths,
-            self._packed_weights(cache, input_ids.shape[1]),
+            embeddings, cache, encoder_attention_mask, decoder_attention_mask, self._packed_weights(cache, input_ids.shape[1])
         )
         cache.seen_tokens += input_ids.shape[1]
         return S2SDecoderOutput(
@@ -1011,28 +960,14 @@ class S2SDecoder(nn.Module):
         )
 
 
-def _trailing_padding_lengths(mask: torch.Tensor | None) -> torch.Tensor | None:
-    """(B,) position after each row's last nonzero entry of a (B, T) mask (at least 1); None without padding at
-    the end of any row."""
-    if mask is None:
-        return None
-    positions = torch.arange(1, mask.shape[1] + 1, device=mask.device)
-    lengths = (mask.ne(0) * positions).amax(dim=1).clamp(min=1)
-    return None if bool((lengths == mask.shape[1]).all()) else lengths
-
-
 def _label_span_mask(labels: torch.Tensor) -> torch.Tensor | None:
-    """(B, T) mask of the positions up to each row's last label that is not -100, or None if every row has a
-    label at its last position. The positions after it predict nothing, so the decoder need not run them."""
-    lengths = _trailing_padding_lengths(labels.ne(-100))
-    if lengths is None:
+    """(B, T) bool mask of the positions up to each row's last label that is not -100, or None when every row
+    has a label at its last position. The positions after it predict nothing."""
+    positions = torch.arange(1, labels.shape[1] + 1, device=labels.device)
+    lengths = (labels.ne(-100) * positions).amax(dim=1)
+    if bool((lengths == labels.shape[1]).all()):
         return None
-    return (torch.arange(labels.shape[1], device=labels.device) < lengths[:, None]).long()
-
-
-def _pack(sequences: torch.Tensor, lengths: torch.Tensor):
-    """Right-padded (B, T, ...) as a `PackedSequence` (rows in any order)."""
-    return pack_padded_sequence(sequences, lengths.cpu(), batch_first=True, enforce_sorted=False)
+    return positions[None, :] <= lengths[:, None]
 
 
 def _lstm_cell(gates_x, hidden, cell, w_hh, b_hh):
@@ -1283,10 +1218,9 @@ class S2SForConditionalGeneration(S2SPreTrainedModel, GenerationMixin):
     def _span_logits_and_loss(self, hidden, labels, label_span, num_items_in_batch):
         """Logits (B, T, V) and loss with the output layer run only inside `label_span` (B, T): it is the largest
         matmul of a step, and the positions after a row's last label predict nothing (their logits stay 0)."""
-        inside = label_span.bool()
-        span_logits = self._vocabulary_logits(hidden[inside], None)  # (N, V)
-        loss = self._loss(span_logits, labels[inside], num_items_in_batch)
-        logits = span_logits.new_zeros(*labels.shape, span_logits.shape[-1]).index_put_((inside,), span_logits)
+        span_logits = self._vocabulary_logits(hidden[label_span], None)  # (N, V)
+        loss = self._loss(span_logits, labels[label_span], num_items_in_batch)
+        logits = span_logits.new_zeros(*labels.shape, span_logits.shape[-1]).index_put_((label_span,), span_logits)
         return logits, loss
 
     def _loss(self, logits: torch.Tensor, labels: torch.Tensor, num_items_in_batch) -> torch.Tensor:
@@ -1323,8 +1257,8 @@ class S2SForConditionalGeneration(S2SPreTrainedModel, GenerationMixin):
         """Returns `Seq2SeqLMOutput` with logits (B, T, V) and, given `labels` (B, T) (`-100` ignored), the
         token-averaged cross-entropy `loss`. Without `decoder_input_ids`, they are `labels` shifted right.
 
-        In training mode with `labels` and no `decoder_attention_mask`, the decoder and the output layer stop each
-        row after its last label that is not -100 (the padding of a batch); the logits after it are 0."""
+        In training mode with `labels`, the output layer (the largest matmul) runs only up to each row's last label
+        that is not -100 (the padding of a batch is skipped); the logits after it are 0."""
         return_dict = self.config.return_dict if return_dict is None else return_dict
         label_span = None
         if labels is not None:
@@ -1337,8 +1271,8 @@ class S2SForConditionalGeneration(S2SPreTrainedModel, GenerationMixin):
                     f"`labels` have shape {tuple(labels.shape)} but the decoder inputs have shape "
                     f"{tuple(decoder_input_ids.shape)}."
                 )
-            if decoder_attention_mask is None and self.training:
-                decoder_attention_mask = label_span = _label_span_mask(labels)
+            if self.training:
+                label_span = _label_span_mask(labels)
         active_rows = past_key_values.active_rows if isinstance(past_key_values, S2SDecoderCache) else None
         if active_rows is not None:
             return self._forward_active_rows(

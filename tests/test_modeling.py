@@ -27,7 +27,7 @@ from torch import nn
 from transformers import DataCollatorForSeq2Seq
 
 from modeling_s2s import S2SDecoderCache, S2SEncoderOutput, S2SModel
-from modeling_s2s.modeling_s2s import S2SDecoder, _pack, shift_tokens_right
+from modeling_s2s.modeling_s2s import S2SDecoder, shift_tokens_right
 
 ATOL = 1e-5
 SOURCE_LENGTHS = [7, 3, 5]
@@ -160,38 +160,31 @@ def test_padding_never_changes_a_row(options):
             torch.testing.assert_close(batched[row : row + 1, :target_length], alone, atol=ATOL, rtol=0)
 
 
-@pytest.mark.parametrize("options", GRID, ids=grid_id)
-def test_training_skips_label_padding_without_changing_loss_or_gradients(monkeypatch, options):
-    """In training mode the decoder runs each row only up to its last label (rows packed longest first, like a
-    packed RNN); the loss and every gradient equal those of the full padded pass, forced here by an all-ones
-    `decoder_attention_mask`."""
-    import modeling_s2s.modeling_s2s as modeling
-
-    model = make_model(**options, dropout=0.0, embedding_dropout=0.0, attention_dropout=0.0).train()
+@pytest.mark.parametrize("options", GRID[::3], ids=grid_id)
+def test_training_output_layer_skips_label_padding_without_changing_loss_or_gradients(options):
+    """In training mode the output layer runs only up to each row's last label; the loss and every gradient
+    equal those of the full pass (eval mode, no dropout), and the logits after the last label are 0."""
+    model = make_model(**options, dropout=0.0, embedding_dropout=0.0, attention_dropout=0.0)
     ids, mask = random_ids(SOURCE_LENGTHS)
     labels = _decoder_inputs(model, 3, 7)[:, 1:]
-    labels[0, 2:] = -100  # rows of lengths 2, 6, 4: not in length order
+    labels[0, 2:] = -100  # rows of lengths 2, 6, 4
     labels[2, 4:] = -100
-    labels[1, 1] = -100  # an ignored label inside a row is still run (a later label needs its state)
-    packed_calls = []
-    monkeypatch.setattr(modeling, "_pack", lambda *args: packed_calls.append(args) or _pack(*args))
+    labels[1, 1] = -100  # an ignored label inside a row: its position is still computed
 
-    def loss_and_gradients(**extra):
+    def loss_and_gradients(training: bool):
+        model.train(training)
         model.zero_grad()
-        out = model(input_ids=ids, attention_mask=mask, labels=labels, **extra)
+        out = model(input_ids=ids, attention_mask=mask, labels=labels)
         out.loss.backward()
         gradients = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
         return out.loss.detach(), out.logits.detach(), gradients
 
-    loss, logits, gradients = loss_and_gradients()
-    assert len(packed_calls) == 1 and packed_calls[0][1].tolist() == [2, 6, 4]
-    full_loss, full_logits, full_gradients = loss_and_gradients(decoder_attention_mask=torch.ones_like(labels))
-    assert len(packed_calls) == 1  # the all-ones mask ran every position
+    loss, logits, gradients = loss_and_gradients(training=True)
+    full_loss, full_logits, full_gradients = loss_and_gradients(training=False)
     torch.testing.assert_close(loss, full_loss, atol=1e-6, rtol=1e-6)
-    real = labels != -100
-    real[1, 1] = True
-    torch.testing.assert_close(logits[real], full_logits[real], atol=ATOL, rtol=0)
-    assert bool((logits[~real] == 0).all())  # after a row's last label nothing was computed, not even logits
+    span = torch.arange(6)[None, :] < torch.tensor([2, 6, 4])[:, None]
+    torch.testing.assert_close(logits[span], full_logits[span], atol=ATOL, rtol=0)
+    assert bool((logits[~span] == 0).all()) and not bool((full_logits[~span] == 0).all())
     assert gradients.keys() == full_gradients.keys()
     for name, gradient in gradients.items():
         torch.testing.assert_close(gradient, full_gradients[name], atol=1e-5, rtol=1e-4, msg=name)
