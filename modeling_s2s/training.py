@@ -116,8 +116,7 @@ class DataArguments:
         default="source",
         metadata={"help": "How `group_by_length` sorts pairs: 'source' (source length, then target length) or "
                   "'target' (target length, then source length: the least decoder padding; lower BLEU in the "
-                  "25-minute bf16 Multi30k runs, higher in one fp32 run; since the decoder skips padding in "
-                  "training, both are equally fast)."},
+                  "25-minute bf16 Multi30k runs, higher in one fp32 run; both train at the same speed)."},
     )
     eval_num_beams: int = field(default=5, metadata={"help": "Beam size of the final validation/test evaluation."})
     eval_length_penalty: float = field(default=1.0, metadata={"help": "Length penalty of the final evaluation."})
@@ -171,7 +170,8 @@ class S2STrainer(Seq2SeqTrainer):
     `input_ids` only; the tie-break trims target padding (25-minute bf16 run: 9.3 epochs instead of 8.3).
     `length_grouping="target"`: target length, then source length, which cuts target padding on Multi30k from 30 %
     to 3 %; its 25-minute bf16 runs scored lower, its fp32 run higher (benchmarks/RESULTS_quality.md). It used to
-    train 1.2–1.4× faster per step; since the decoder skips target padding in training, both are equally fast.
+    train 1.2–1.4× faster per step; since the fifth session (output layer over label spans only, oneDNN step
+    matmuls) both train at the same speed.
     """
 
     def __init__(self, *args, length_grouping: str = "source", **kwargs):
