@@ -101,9 +101,6 @@ class AttentionMemory:
     def apply(self, fn) -> AttentionMemory:
         return AttentionMemory(fn(self.keys), fn(self.values))
 
-    def first_rows(self, rows: int) -> AttentionMemory:
-        return AttentionMemory(self.keys[:rows], self.values[:rows])
-
 
 def _float_weight(linear: nn.Module) -> torch.Tensor:
     """The weight of an `nn.Linear`, or the dequantised weight of a dynamically quantised one."""
