@@ -764,9 +764,9 @@ class S2SDecoder(nn.Module):
 
     # -- the two drivers ------------------------------------------------------------------------------------
 
-    def _forward_fused(self, embeddings, cache, source_mask, decoder_attention_mask, packed):
-        """Luong attention without input feeding: the RNN and attention run over all T steps at once. `packed` is
-        unused: these matmuls are large enough for the default."""
+    def _forward_fused(self, embeddings, cache, source_mask, decoder_attention_mask):
+        """Luong attention without input feeding: the RNN and attention run over all T steps at once (matmuls large
+        enough for the default kernels, so no `PackedWeights`)."""
         rnn_output, state = self.rnn(embeddings, self._to_rnn_state(cache))  # (B, T, H)
         self._store_rnn_state(cache, state)
         context, cross_weights = self.attention.attend(rnn_output, cache.source_memory, value_mask=source_mask)
@@ -943,10 +943,15 @@ class S2SDecoder(nn.Module):
         embeddings = self.embedding_dropout(self.embed_tokens(input_ids))
         # Fused only pays off over several positions; a single position (generation) takes the step path.
         fused = self.config.fused_decoder and input_ids.shape[1] > 1
-        drive = self._forward_fused if fused else self._forward_steps
-        outputs, cross_weights, self_weights = drive(
-            embeddings, cache, encoder_attention_mask, decoder_attention_mask, self._packed_weights(cache, input_ids.shape[1])
-        )
+        if fused:
+            outputs, cross_weights, self_weights = self._forward_fused(
+                embeddings, cache, encoder_attention_mask, decoder_attention_mask
+            )
+        else:
+            outputs, cross_weights, self_weights = self._forward_steps(
+                embeddings, cache, encoder_attention_mask, decoder_attention_mask,
+                self._packed_weights(cache, input_ids.shape[1]),
+            )
         cache.seen_tokens += input_ids.shape[1]
         return S2SDecoderOutput(
             last_hidden_state=outputs,
