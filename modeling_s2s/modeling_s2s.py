@@ -21,7 +21,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 from transformers import GenerationMixin, PreTrainedModel
+from transformers.generation import logits_process as hf_processors
+from transformers.generation import stopping_criteria as hf_criteria
 from transformers.generation.stopping_criteria import EosTokenCriteria
+from transformers.generation.utils import GenerateEncoderDecoderOutput
 from transformers.modeling_outputs import ModelOutput, Seq2SeqLMOutput, Seq2SeqModelOutput
 
 from .configuration_s2s import ATTENTION_TYPES, S2SConfig
@@ -962,6 +965,38 @@ class S2SDecoder(nn.Module):
         )
 
 
+# Stopping criteria and logits processors that judge each row by its own tokens and scores alone (no state per
+# batch position): with only these, finished rows can leave the batch without changing the other rows' outputs.
+_ROW_LOCAL_STOPPING_CRITERIA = (
+    hf_criteria.MaxLengthCriteria,
+    hf_criteria.MaxTimeCriteria,
+    hf_criteria.EosTokenCriteria,
+    hf_criteria.StopStringCriteria,
+)
+_ROW_LOCAL_PROCESSORS = (
+    hf_processors.MinLengthLogitsProcessor,
+    hf_processors.MinNewTokensLengthLogitsProcessor,
+    hf_processors.TemperatureLogitsWarper,
+    hf_processors.RepetitionPenaltyLogitsProcessor,
+    hf_processors.NoRepeatNGramLogitsProcessor,
+    hf_processors.SequenceBiasLogitsProcessor,
+    hf_processors.NoBadWordsLogitsProcessor,
+    hf_processors.ForcedBOSTokenLogitsProcessor,
+    hf_processors.ForcedEOSTokenLogitsProcessor,
+    hf_processors.InfNanRemoveLogitsProcessor,
+    hf_processors.ExponentialDecayLengthPenalty,
+    hf_processors.LogitNormalization,
+    hf_processors.SuppressTokensAtBeginLogitsProcessor,
+    hf_processors.SuppressTokensLogitsProcessor,
+)
+
+
+def _is_row_local_processor(processor) -> bool:
+    # A repetition penalty may carry a prompt length per batch row.
+    per_row_prompt = torch.is_tensor(getattr(processor, "prompt_ignore_length", None))
+    return type(processor) in _ROW_LOCAL_PROCESSORS and not per_row_prompt
+
+
 def _label_span_mask(labels: torch.Tensor) -> torch.Tensor | None:
     """(B, T) bool mask of the positions up to each row's last label that is not -100, or None when every row
     has a label at its last position. The positions after it predict nothing."""
@@ -1313,18 +1348,94 @@ class S2SForConditionalGeneration(S2SPreTrainedModel, GenerationMixin):
 
     # -- generation: finished rows leave the batch -------------------------------------------------------------
 
-    def _sample(self, input_ids, logits_processor, stopping_criteria, generation_config, **model_kwargs):
+    def _sample(
+        self, input_ids, logits_processor, stopping_criteria, generation_config, synced_gpus=False, streamer=None,
+        **model_kwargs,
+    ):
         """transformers' greedy search / sampling, with finished rows dropped from the decoder state.
 
         transformers keeps computing a row after it has produced EOS (and pads its output) until the last row of
-        the batch ends. Here the decoder state of every row that an `EosTokenCriteria` has finished is dropped
-        (`S2SDecoderCache.drop_finished_rows`), so it costs nothing; the generated tokens are the same. Per-step
-        attentions and hidden states cover the whole batch, so asking for them keeps every row.
+        the batch ends. Here finished rows cost nothing, and the generated tokens are the same:
+        - greedy search with only row-local processors and stopping criteria (`_rows_can_leave_the_batch`) runs
+          `_greedy_search_shrinking_batch`, where finished rows leave every per-step tensor;
+        - otherwise transformers' loop runs, and the decoder state of every row that an `EosTokenCriteria` has
+          finished is dropped (`S2SDecoderCache.drop_finished_rows`): the model computes only the rest.
+        Per-step attentions and hidden states cover the whole batch, so asking for them keeps every row.
         """
         eos_token_ids = next((c.eos_token_id for c in stopping_criteria if isinstance(c, EosTokenCriteria)), None)
-        if eos_token_ids is not None and self._may_drop_rows(generation_config, model_kwargs):
+        if eos_token_ids is not None and self._may_drop_rows(generation_config, synced_gpus):
+            lean = streamer is None and self._rows_can_leave_the_batch(
+                logits_processor, stopping_criteria, generation_config, model_kwargs
+            )
+            if lean:
+                return self._greedy_search_shrinking_batch(
+                    input_ids, logits_processor, stopping_criteria, generation_config, model_kwargs
+                )
             model_kwargs["finished_rows_eos_token_ids"] = eos_token_ids
-        return super()._sample(input_ids, logits_processor, stopping_criteria, generation_config, **model_kwargs)
+        return super()._sample(
+            input_ids, logits_processor, stopping_criteria, generation_config, synced_gpus=synced_gpus,
+            streamer=streamer, **model_kwargs,
+        )
+
+    @staticmethod
+    def _rows_can_leave_the_batch(logits_processor, stopping_criteria, generation_config, model_kwargs) -> bool:
+        """Whether greedy search may run on the unfinished rows alone: every processor and stopping criterion
+        judges a row by that row's tokens and scores only, and nothing is asked for per step or for every row."""
+        per_step_outputs = generation_config.return_dict_in_generate and (
+            generation_config.output_scores or generation_config.output_logits
+        )
+        if generation_config.do_sample or per_step_outputs:
+            return False
+        if model_kwargs.get("decoder_attention_mask") is not None or not model_kwargs.get("use_cache", True):
+            return False
+        return all(_is_row_local_processor(p) for p in logits_processor) and all(
+            type(c) in _ROW_LOCAL_STOPPING_CRITERIA for c in stopping_criteria
+        )
+
+    def _greedy_search_shrinking_batch(
+        self, input_ids, logits_processor, stopping_criteria, generation_config, model_kwargs
+    ) -> torch.LongTensor | GenerateEncoderDecoderOutput:
+        """Greedy search over the rows that have not finished; the same tokens as transformers' `_sample`.
+
+        input_ids: (B, t) decoder prompt. Returns (B, t + n) sequences, where n is the step at which the last row
+        finished; a row that finished earlier is padded with `pad_token_id`, as transformers pads it. Each step
+        runs the decoder, the processors, argmax and the stopping criteria on the unfinished rows only.
+        """
+        batch_size, length = input_ids.shape
+        outputs = self._prefill(input_ids, generation_config, model_kwargs)  # the whole prompt, every row
+        cache = outputs.past_key_values
+        encoder_outputs = model_kwargs["encoder_outputs"]
+        source_mask = model_kwargs.get("attention_mask")
+        if source_mask is None:
+            source_mask = encoder_outputs.attention_mask
+        pad_token_id = int(generation_config._pad_token_tensor)
+        sequences = F.pad(input_ids, (0, generation_config.max_length - length), value=pad_token_id)
+        alive = torch.arange(batch_size, device=input_ids.device)
+        logits = outputs.logits[:, -1].float()
+        del outputs
+        while True:
+            scores = logits_processor(sequences[alive, :length], logits)
+            next_tokens = scores.argmax(dim=-1)
+            if length == sequences.shape[1]:  # only a stopping criterion other than max_length ends the loop
+                sequences = F.pad(sequences, (0, sequences.shape[1]), value=pad_token_id)
+            sequences[alive, length] = next_tokens
+            length += 1
+            finished = stopping_criteria(sequences[alive, :length], None)
+            if bool(finished.all()):
+                break
+            if bool(finished.any()):
+                keep = (~finished).nonzero().squeeze(1)
+                alive, next_tokens = alive[keep], next_tokens[keep]
+                source_mask = source_mask[keep] if source_mask is not None else None
+                cache.batch_select_indices(keep)
+            step = self.model.decoder(
+                next_tokens[:, None], encoder_outputs, source_mask, past_key_values=cache, use_cache=True
+            )
+            logits = self._vocabulary_logits(step.last_hidden_state[:, -1], cache).float()
+        sequences = sequences[:, :length]
+        if generation_config.return_dict_in_generate:
+            return GenerateEncoderDecoderOutput(sequences=sequences, past_key_values=cache)
+        return sequences
 
     def _beam_search(self, input_ids, logits_processor, stopping_criteria, generation_config, **model_kwargs):
         """transformers' beam search, with the beams of settled sentences dropped from the decoder state.
@@ -1335,7 +1446,7 @@ class S2SForConditionalGeneration(S2SPreTrainedModel, GenerationMixin):
         (`S2SDecoderCache.drop_finished_rows`) and cost nothing. The returned hypotheses and scores are the same.
         Beam sampling and per-step attentions/hidden states keep every beam.
         """
-        may_drop = self._may_drop_rows(generation_config, model_kwargs)
+        may_drop = self._may_drop_rows(generation_config, model_kwargs.get("synced_gpus", False))
         self._drop_settled_beams = may_drop and not generation_config.do_sample
         try:
             return super()._beam_search(
@@ -1345,11 +1456,11 @@ class S2SForConditionalGeneration(S2SPreTrainedModel, GenerationMixin):
             self._drop_settled_beams, self._settled_sentences = False, None
 
     @staticmethod
-    def _may_drop_rows(generation_config, model_kwargs: dict) -> bool:
+    def _may_drop_rows(generation_config, synced_gpus: bool) -> bool:
         # Per-step attentions/hidden states are returned for the whole batch. With `synced_gpus` every process
         # must run the whole model (its collectives) on every step, even once all its rows are done.
         wants_per_step_tensors = generation_config.output_attentions or generation_config.output_hidden_states
-        return not (wants_per_step_tensors or model_kwargs.get("synced_gpus", False))
+        return not (wants_per_step_tensors or synced_gpus)
 
     def _beam_search_has_unfinished_sequences(
         self, is_early_stop_heuristic_unsatisfied, is_sent_finished, next_token_hits_stopping_criteria, early_stopping

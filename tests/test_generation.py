@@ -354,6 +354,72 @@ def test_settled_sentences_leave_beam_search_without_changing_any_output(monkeyp
         assert sum(pruned_rows) < sum(full_rows)
 
 
+def _run_with_and_without_our_greedy_loop(monkeypatch, model, ids, mask, **kwargs):
+    """generate() as this model runs it and with transformers' own `_sample`; also the decoder's row count per call."""
+    decoded_rows = []
+    original_forward = S2SDecoder.forward
+
+    def spy(self, input_ids, *args, **kw):
+        decoded_rows.append(input_ids.shape[0])
+        return original_forward(self, input_ids, *args, **kw)
+
+    monkeypatch.setattr(S2SDecoder, "forward", spy)
+    ours = _generate(model, ids, mask, **kwargs)
+    our_rows = list(decoded_rows)
+    decoded_rows.clear()
+    with monkeypatch.context() as patch:
+        patch.setattr(S2SForConditionalGeneration, "_sample", GenerationMixin._sample)
+        theirs = _generate(model, ids, mask, **kwargs)
+    return ours, theirs, our_rows, list(decoded_rows)
+
+
+# Built-in processors only (each judges a row by its own tokens): the length penalty on `</s>` grows at a different
+# pace per row, so rows end at different steps.
+ROW_LOCAL_OPTIONS = dict(
+    max_new_tokens=12,
+    exponential_decay_length_penalty=(2, 1.6),
+    repetition_penalty=1.3,
+    no_repeat_ngram_size=3,
+    suppress_tokens=[PAD],
+)
+
+
+@pytest.mark.parametrize("options", [GRID[0], GRID[7], GRID[12], GRID[15]], ids=grid_id)
+def test_greedy_search_runs_only_unfinished_rows_and_matches_transformers(monkeypatch, options):
+    model = make_model(**options)
+    ids, mask = random_ids([6, 3, 5, 4, 2, 6, 5, 3])
+    ours, theirs, our_rows, their_rows = _run_with_and_without_our_greedy_loop(
+        monkeypatch, model, ids, mask, **ROW_LOCAL_OPTIONS
+    )
+    assert torch.equal(ours, theirs)
+    ends = [row.tolist().index(EOS) if EOS in row.tolist() else len(row) for row in ours]
+    assert len(set(ends)) > 1  # rows really end at different steps ...
+    # ... and each step decodes only the rows still running: after step n, those whose </s> comes later.
+    assert our_rows == [len(ends)] + [sum(end > step for end in ends) for step in range(1, len(our_rows))]
+    assert their_rows == [len(ends)] * len(their_rows)
+
+
+def test_greedy_search_continues_a_decoder_prompt_and_returns_a_dict(monkeypatch):
+    model = make_model(**GRID[4])
+    ids, mask = random_ids([6, 3, 5, 4])
+    prompt = torch.tensor([[BOS, FIRST_REAL], [BOS, FIRST_REAL + 1], [BOS, FIRST_REAL], [BOS, FIRST_REAL + 2]])
+    kwargs = dict(ROW_LOCAL_OPTIONS, decoder_input_ids=prompt, return_dict_in_generate=True)
+    ours, theirs, our_rows, _ = _run_with_and_without_our_greedy_loop(monkeypatch, model, ids, mask, **kwargs)
+    assert torch.equal(ours.sequences, theirs.sequences)
+    assert torch.equal(ours.sequences[:, :2], prompt)
+    assert isinstance(ours.past_key_values, S2SDecoderCache)
+
+
+def test_a_processor_that_keeps_state_per_batch_row_gets_transformers_loop(monkeypatch):
+    """`encoder_repetition_penalty` keeps the source ids per batch row, so every row stays in transformers'
+    loop (only the decoder state of finished rows is dropped); the result is transformers' own."""
+    model = make_model(**GRID[0])
+    ids, mask = random_ids([6, 3, 5, 4, 2, 6])
+    kwargs = dict(ROW_LOCAL_OPTIONS, encoder_repetition_penalty=1.5)
+    ours, theirs, our_rows, _ = _run_with_and_without_our_greedy_loop(monkeypatch, model, ids, mask, **kwargs)
+    assert torch.equal(ours, theirs)
+
+
 def test_per_step_outputs_keep_every_row(monkeypatch):
     model = make_model(**GRID[7])
     ids, mask = random_ids([6, 3, 5])
