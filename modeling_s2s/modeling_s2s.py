@@ -372,7 +372,8 @@ class S2SDecoderCache:
       decoding without gradients in fp32 on CPU, else None
 
     Beam search calls `reorder_cache` in place. `source_memory` is not reordered there: beams only ever move
-    within one example, and every beam of an example holds the same encoder outputs.
+    within one example, and every beam of an example holds the same encoder outputs. In beam search it holds each
+    source sentence once: `rows_per_source` consecutive rows (the beams) share one row of `source_memory`.
 
     Greedy search and sampling drop rows that have finished (`drop_finished_rows`): the cache then holds only
     the rows listed in `active_rows` (indices into `generate()`'s batch), and the model computes only those.
@@ -398,6 +399,7 @@ class S2SDecoderCache:
         self.seen_tokens = seen_tokens
         self.active_rows: torch.Tensor | None = None
         self.packed_weights: PackedWeights | None = None
+        self.rows_per_source = 1
 
     def _apply(self, fn, include_source: bool) -> None:
         self.hidden = fn(self.hidden)
@@ -434,10 +436,24 @@ class S2SDecoderCache:
         self.active_rows = rows[keep]
 
     def batch_repeat_interleave(self, repeats: int) -> None:
-        self._apply(lambda t: t.repeat_interleave(repeats, dim=0), include_source=True)
+        self._apply(lambda t: t.repeat_interleave(repeats, dim=0), include_source=False)
+        self.rows_per_source *= repeats  # the new rows of one source sentence stay next to each other
 
     def batch_select_indices(self, indices: torch.Tensor) -> None:
-        self._apply(lambda t: t[indices], include_source=True)
+        """Keep rows `indices` (in that order). With `rows_per_source` = g > 1, whole groups (the g rows of one
+        sentence) keep sharing their source row; any other selection gives every row its own copy first."""
+        self._apply(lambda t: t[indices], include_source=False)
+        group = self.rows_per_source
+        if self.source_memory is None or group == 1:
+            if self.source_memory is not None:
+                self.source_memory = self.source_memory.apply(lambda t: t[indices])
+            return
+        groups = indices.view(-1, group) if indices.numel() % group == 0 else None
+        if groups is not None and torch.equal(groups // group, (groups[:, :1] // group).expand_as(groups)):
+            self.source_memory = self.source_memory.apply(lambda t: t[groups[:, 0] // group])
+        else:
+            self.source_memory = self.source_memory.apply(lambda t: t.repeat_interleave(group, dim=0)[indices])
+            self.rows_per_source = 1
 
     def crop(self, max_length: int) -> None:
         raise ValueError(
@@ -693,17 +709,57 @@ class S2SDecoder(nn.Module):
 
     # -- shared pieces --------------------------------------------------------------------------------------
 
-    def init_cache(self, encoder_outputs: S2SEncoderOutput, attention_mask: torch.Tensor) -> S2SDecoderCache:
-        """Decoder state before the first target token."""
-        hidden, cell = self.bridge(encoder_outputs, attention_mask)
+    def init_cache(
+        self, encoder_outputs: S2SEncoderOutput, attention_mask: torch.Tensor | None, batch_size: int | None = None
+    ) -> S2SDecoderCache:
+        """Decoder state before the first target token, for `batch_size` decoder rows (default: one per source).
+
+        The encoder outputs cover B sentences; `batch_size` may be a multiple g·B (beam search: g beams per
+        sentence, rows of one sentence next to each other). The state is then repeated per row, while the source
+        memory keeps one row per sentence (`S2SDecoderCache.rows_per_source` = g). attention_mask: (B, S) or (g·B, S).
+        """
         source = encoder_outputs.last_hidden_state
-        input_feed = source.new_zeros(source.shape[0], self.config.hidden_size) if self.config.input_feeding else None
-        return S2SDecoderCache(
+        group = self._rows_per_source(batch_size or source.shape[0], source.shape[0])
+        hidden, cell = self.bridge(encoder_outputs, _mask_per_source(attention_mask, source.shape[0], group))
+        if group > 1:
+            hidden = hidden.repeat_interleave(group, dim=0)
+            cell = cell.repeat_interleave(group, dim=0) if cell is not None else None
+        input_feed = hidden.new_zeros(hidden.shape[0], self.config.hidden_size) if self.config.input_feeding else None
+        cache = S2SDecoderCache(
             hidden=hidden,
             cell=cell,
             input_feed=input_feed,
             source_memory=self.attention.prepare_memory(source, source),
         )
+        cache.rows_per_source = group
+        return cache
+
+    @staticmethod
+    def _rows_per_source(batch_size: int, sources: int) -> int:
+        if batch_size % sources:
+            raise ValueError(
+                f"The decoder got {batch_size} rows for encoder outputs of {sources} sentences; it needs the same "
+                f"number of rows, or a multiple of it (beams of each sentence next to each other)."
+            )
+        return batch_size // sources
+
+    def _attend_source(
+        self, query: torch.Tensor, cache: S2SDecoderCache, source_mask: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Attention of `query` (N, T, H) over the source: context (N, T, H) and weights (N, h, T, S).
+
+        With g rows per source sentence, the g·T queries of a sentence attend together over its one memory row.
+        """
+        group = cache.rows_per_source
+        memory = cache.source_memory
+        mask = _mask_per_source(source_mask, memory.keys.shape[0], group)
+        if group == 1:
+            return self.attention.attend(query, memory, value_mask=mask)
+        rows, length = query.shape[:2]
+        context, weights = self.attention.attend(query.reshape(rows // group, group * length, -1), memory, mask)
+        # (N/g, g·T, H) -> (N, T, H);  (N/g, h, g·T, S) -> (N, h, T, S)
+        weights = weights.unflatten(2, (group, length)).transpose(1, 2).flatten(0, 1)
+        return context.reshape(rows, length, -1), weights
 
     def _packed_weights(self, cache: S2SDecoderCache, positions: int) -> PackedWeights | None:
         """The `PackedWeights` of a call over `positions` target positions: kept in the cache across the steps of
@@ -772,7 +828,7 @@ class S2SDecoder(nn.Module):
         enough for the default kernels, so no `PackedWeights`)."""
         rnn_output, state = self.rnn(embeddings, self._to_rnn_state(cache))  # (B, T, H)
         self._store_rnn_state(cache, state)
-        context, cross_weights = self.attention.attend(rnn_output, cache.source_memory, value_mask=source_mask)
+        context, cross_weights = self._attend_source(rnn_output, cache, source_mask)
         self_context, self_weights = self._self_attend(rnn_output, cache, decoder_attention_mask)
         return self._attentional_vector(rnn_output, context, self_context), cross_weights, self_weights
 
@@ -807,12 +863,12 @@ class S2SDecoder(nn.Module):
             extra_inputs = [] if input_feed is None else [input_feed]
             if bahdanau:
                 query = hidden[-1].unsqueeze(1)  # previous top-layer state: (B, 1, H)
-                context, weights_t = self.attention.attend(query, cache.source_memory, value_mask=source_mask)
+                context, weights_t = self._attend_source(query, cache, source_mask)
                 extra_inputs.append(context.squeeze(1))
             hidden, cell = step_cell(t, extra_inputs, hidden, cell)
             rnn_output = hidden[-1].unsqueeze(1)  # (B, 1, H)
             if not bahdanau:
-                context, weights_t = self.attention.attend(rnn_output, cache.source_memory, value_mask=source_mask)
+                context, weights_t = self._attend_source(rnn_output, cache, source_mask)
             step_mask = decoder_attention_mask[:, t : t + 1] if decoder_attention_mask is not None else None
             self_context, self_weight = self._self_attend(rnn_output, cache, step_mask)
             output = self._attentional_vector(rnn_output, context, self_context, packed)  # (B, 1, H)
@@ -942,7 +998,9 @@ class S2SDecoder(nn.Module):
                 f"`decoder_attention_mask` has shape {tuple(decoder_attention_mask.shape)} but `decoder_input_ids` "
                 f"have shape {tuple(input_ids.shape)}."
             )
-        cache = past_key_values if past_key_values is not None else self.init_cache(encoder_outputs, encoder_attention_mask)
+        cache = past_key_values
+        if cache is None:
+            cache = self.init_cache(encoder_outputs, encoder_attention_mask, batch_size=input_ids.shape[0])
         embeddings = self.embedding_dropout(self.embed_tokens(input_ids))
         # Fused only pays off over several positions; a single position (generation) takes the step path.
         fused = self.config.fused_decoder and input_ids.shape[1] > 1
@@ -995,6 +1053,20 @@ def _is_row_local_processor(processor) -> bool:
     # A repetition penalty may carry a prompt length per batch row.
     per_row_prompt = torch.is_tensor(getattr(processor, "prompt_ignore_length", None))
     return type(processor) in _ROW_LOCAL_PROCESSORS and not per_row_prompt
+
+
+def _every_nth_row(encoder_outputs: S2SEncoderOutput, n: int) -> S2SEncoderOutput:
+    """Rows 0, n, 2n, ... of every tensor in `encoder_outputs` (undoes transformers' per-beam repetition)."""
+    return S2SEncoderOutput(
+        **{key: value[::n] if torch.is_tensor(value) else value for key, value in encoder_outputs.items()}
+    )
+
+
+def _mask_per_source(mask: torch.Tensor | None, sources: int, group: int) -> torch.Tensor | None:
+    """A source mask of one row per sentence: (B, S) from (B, S) or from the (g·B, S) mask of g rows per sentence."""
+    if mask is None or mask.shape[0] == sources:
+        return mask
+    return mask[::group]
 
 
 def _label_span_mask(labels: torch.Tensor) -> torch.Tensor | None:
@@ -1445,9 +1517,14 @@ class S2SForConditionalGeneration(S2SPreTrainedModel, GenerationMixin):
         that after every step); from the next step on its beams leave the decoder state
         (`S2SDecoderCache.drop_finished_rows`) and cost nothing. The returned hypotheses and scores are the same.
         Beam sampling and per-step attentions/hidden states keep every beam.
+
+        transformers repeats the encoder outputs once per beam; the decoder gets them once per sentence instead
+        (`S2SDecoder.init_cache`), so the beams of a sentence attend over one copy of its source memory.
         """
         may_drop = self._may_drop_rows(generation_config, model_kwargs.get("synced_gpus", False))
         self._drop_settled_beams = may_drop and not generation_config.do_sample
+        if may_drop:  # with per-step tensors transformers also returns the encoder outputs: keep them per beam
+            model_kwargs["encoder_outputs"] = _every_nth_row(model_kwargs["encoder_outputs"], generation_config.num_beams)
         try:
             return super()._beam_search(
                 input_ids, logits_processor, stopping_criteria, generation_config, **model_kwargs
@@ -1515,9 +1592,11 @@ class S2SForConditionalGeneration(S2SPreTrainedModel, GenerationMixin):
         active_logits = None
         if rows.numel() > 0:
             source_mask = attention_mask if attention_mask is not None else encoder_outputs.attention_mask
+            if source_mask is not None:  # the encoder's own mask has one row per sentence, not per beam
+                source_mask = source_mask.repeat_interleave(batch_size // source_mask.shape[0], dim=0)[rows]
             outputs = self.model(
                 decoder_input_ids=decoder_input_ids[rows],
-                attention_mask=source_mask[rows],
+                attention_mask=source_mask,
                 encoder_outputs=encoder_outputs,
                 past_key_values=cache,
                 use_cache=True,

@@ -177,13 +177,18 @@ def test_cache_reorder_expand_and_select():
     assert cache.source_memory.keys is source_memory.keys
     assert cache.get_seq_length() == 5
 
+    # Repeated rows (beams) of one sentence share its source row; selecting whole groups keeps sharing it ...
     cache = S2SDecoderCache(hidden, None, None, None, source_memory)
     cache.batch_repeat_interleave(2)
     assert torch.equal(cache.hidden, hidden.repeat_interleave(2, 0)) and cache.cell is None
-    assert torch.equal(cache.source_memory.keys, source_memory.keys.repeat_interleave(2, 0))
-    cache.batch_select_indices(torch.tensor([1, 4]))
-    assert torch.equal(cache.hidden, hidden[[0, 2]])
-    assert torch.equal(cache.source_memory.values, source_memory.values[[0, 2]])
+    assert cache.source_memory.keys is source_memory.keys and cache.rows_per_source == 2
+    cache.batch_select_indices(torch.tensor([4, 5, 0, 1]))
+    assert torch.equal(cache.hidden, hidden[[2, 2, 0, 0]])
+    assert torch.equal(cache.source_memory.values, source_memory.values[[2, 0]]) and cache.rows_per_source == 2
+    # ... any other selection gives each row its own source row.
+    cache.batch_select_indices(torch.tensor([1, 2]))
+    assert torch.equal(cache.hidden, hidden[[2, 0]])
+    assert torch.equal(cache.source_memory.values, source_memory.values[[2, 0]]) and cache.rows_per_source == 1
     with pytest.raises(ValueError, match="crop"):
         cache.crop(2)
 
@@ -418,6 +423,38 @@ def test_a_processor_that_keeps_state_per_batch_row_gets_transformers_loop(monke
     kwargs = dict(ROW_LOCAL_OPTIONS, encoder_repetition_penalty=1.5)
     ours, theirs, our_rows, _ = _run_with_and_without_our_greedy_loop(monkeypatch, model, ids, mask, **kwargs)
     assert torch.equal(ours, theirs)
+
+
+@pytest.mark.parametrize("options", GRID, ids=grid_id)
+def test_beams_share_one_source_memory_per_sentence_and_decode_as_with_a_copy_per_beam(monkeypatch, options):
+    model = make_model(**options)
+    ids, mask = random_ids([6, 3, 5])
+    kwargs = dict(num_beams=3, max_new_tokens=7, return_dict_in_generate=True, output_scores=False)
+    created = []  # (decoder rows, source memory rows) of each new cache
+    original_init_cache = S2SDecoder.init_cache
+
+    def spy(self, *args, **kw):
+        cache = original_init_cache(self, *args, **kw)
+        created.append((cache.hidden.shape[0], cache.source_memory.keys.shape[0]))
+        return cache
+
+    monkeypatch.setattr(S2SDecoder, "init_cache", spy)
+    shared = _generate(model, ids, mask, **kwargs)
+    assert created == [(9, 3)]
+    with monkeypatch.context() as patch:  # transformers' loop: encoder outputs repeated per beam
+        patch.setattr(S2SForConditionalGeneration, "_beam_search", GenerationMixin._beam_search)
+        copied = _generate(model, ids, mask, **kwargs)
+    assert created == [(9, 3), (9, 9)]
+    assert torch.equal(shared.sequences, copied.sequences)
+    assert torch.equal(shared.beam_indices, copied.beam_indices)
+
+
+def test_decoder_rows_must_be_a_multiple_of_the_encoder_rows():
+    model = make_model(**GRID[0])
+    ids, mask = random_ids([6, 3, 5])
+    encoder_outputs = model.get_encoder()(input_ids=ids, attention_mask=mask)
+    with pytest.raises(ValueError, match="got 4 rows for encoder outputs of 3 sentences"):
+        model(encoder_outputs=encoder_outputs, decoder_input_ids=torch.full((4, 1), BOS))
 
 
 def test_per_step_outputs_keep_every_row(monkeypatch):
