@@ -14,7 +14,7 @@ recurrent state kept in `S2SDecoderCache`, so each new token costs one RNN step 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 import torch.nn.functional as F
@@ -24,7 +24,7 @@ from transformers import GenerationMixin, PreTrainedModel
 from transformers.generation import logits_process as hf_processors
 from transformers.generation import stopping_criteria as hf_criteria
 from transformers.generation.stopping_criteria import EosTokenCriteria
-from transformers.generation.utils import GenerateEncoderDecoderOutput
+from transformers.generation.utils import GenerateBeamEncoderDecoderOutput, GenerateEncoderDecoderOutput
 from transformers.modeling_outputs import ModelOutput, Seq2SeqLMOutput, Seq2SeqModelOutput
 
 from .configuration_s2s import ATTENTION_TYPES, S2SConfig
@@ -1055,6 +1055,67 @@ def _is_row_local_processor(processor) -> bool:
     return type(processor) in _ROW_LOCAL_PROCESSORS and not per_row_prompt
 
 
+@dataclass
+class _LiveBeams:
+    """Beam search state of some sentences, in transformers' names (`GenerationMixin._beam_search`); k beams.
+
+    `sentences` (n,) are their indices in generate()'s batch; every other field has n rows: running_sequences and
+    sequences (finished hypotheses) (n, k, max_length), running_beam_scores, beam_scores and is_sent_finished
+    (n, k), running_beam_indices and beam_indices (n, k, max_length - prompt), is_early_stop_heuristic_unsatisfied
+    (n, 1).
+    """
+
+    sentences: torch.Tensor
+    running_sequences: torch.Tensor
+    running_beam_scores: torch.Tensor
+    running_beam_indices: torch.Tensor
+    sequences: torch.Tensor
+    beam_scores: torch.Tensor
+    beam_indices: torch.Tensor
+    is_sent_finished: torch.Tensor
+    is_early_stop_heuristic_unsatisfied: torch.Tensor
+
+    @classmethod
+    def start(cls, input_ids, batch_size: int, num_beams: int, max_length: int, fill_value) -> _LiveBeams:
+        """The state before the first step, as transformers initialises it. input_ids: (B·k, t) prompts."""
+        device, prompt_length = input_ids.device, input_ids.shape[1]
+        sequences = torch.full((batch_size, num_beams, max_length), int(fill_value), dtype=torch.long, device=device)
+        sequences[:, :, :prompt_length] = input_ids.view(batch_size, num_beams, -1)
+        running_scores = torch.zeros(batch_size, num_beams, device=device)
+        running_scores[:, 1:] = -1e9  # only the first beam is expanded at the first step
+        indices = torch.full((batch_size, num_beams, max_length - prompt_length), -1, dtype=torch.int32, device=device)
+        return cls(
+            sentences=torch.arange(batch_size, device=device),
+            running_sequences=sequences,
+            running_beam_scores=running_scores,
+            running_beam_indices=indices,
+            sequences=sequences.clone(),
+            beam_scores=torch.full((batch_size, num_beams), -1e9, device=device),
+            beam_indices=indices.clone(),
+            is_sent_finished=torch.zeros(batch_size, num_beams, dtype=torch.bool, device=device),
+            is_early_stop_heuristic_unsatisfied=torch.ones(batch_size, 1, dtype=torch.bool, device=device),
+        )
+
+    def select(self, index: torch.Tensor) -> _LiveBeams:
+        return _LiveBeams(**{field.name: getattr(self, field.name)[index] for field in fields(self)})
+
+    def store(self, other: _LiveBeams) -> None:
+        """Copy the finished hypotheses of `other`'s sentences into this whole-batch state."""
+        for name in ("sequences", "beam_scores", "beam_indices"):
+            getattr(self, name)[other.sentences] = getattr(other, name)
+
+    def output(self, generation_config, prompt_length: int, cache) -> torch.LongTensor | GenerateBeamEncoderDecoderOutput:
+        """transformers' result: the best `num_return_sequences` hypotheses per sentence, cropped to the longest."""
+        count = generation_config.num_return_sequences
+        sequences = self.sequences[:, :count].flatten(0, 1)
+        beam_indices = self.beam_indices[:, :count].flatten(0, 1)
+        generated = int(((beam_indices + 1).bool()).sum(dim=1).max())
+        sequences, beam_indices = sequences[:, : prompt_length + generated], beam_indices[:, :generated]
+        if generation_config.return_dict_in_generate:
+            return GenerateBeamEncoderDecoderOutput(sequences=sequences, beam_indices=beam_indices, past_key_values=cache)
+        return sequences
+
+
 def _every_nth_row(encoder_outputs: S2SEncoderOutput, n: int) -> S2SEncoderOutput:
     """Rows 0, n, 2n, ... of every tensor in `encoder_outputs` (undoes transformers' per-beam repetition)."""
     return S2SEncoderOutput(
@@ -1509,7 +1570,9 @@ class S2SForConditionalGeneration(S2SPreTrainedModel, GenerationMixin):
             return GenerateEncoderDecoderOutput(sequences=sequences, past_key_values=cache)
         return sequences
 
-    def _beam_search(self, input_ids, logits_processor, stopping_criteria, generation_config, **model_kwargs):
+    def _beam_search(
+        self, input_ids, logits_processor, stopping_criteria, generation_config, synced_gpus=False, **model_kwargs
+    ):
         """transformers' beam search, with the beams of settled sentences dropped from the decoder state.
 
         transformers keeps running every beam until the last sentence of the batch is settled. A sentence is
@@ -1521,16 +1584,113 @@ class S2SForConditionalGeneration(S2SPreTrainedModel, GenerationMixin):
         transformers repeats the encoder outputs once per beam; the decoder gets them once per sentence instead
         (`S2SDecoder.init_cache`), so the beams of a sentence attend over one copy of its source memory.
         """
-        may_drop = self._may_drop_rows(generation_config, model_kwargs.get("synced_gpus", False))
+        may_drop = self._may_drop_rows(generation_config, synced_gpus)
         self._drop_settled_beams = may_drop and not generation_config.do_sample
         if may_drop:  # with per-step tensors transformers also returns the encoder outputs: keep them per beam
             model_kwargs["encoder_outputs"] = _every_nth_row(model_kwargs["encoder_outputs"], generation_config.num_beams)
+        lean = may_drop and not generation_config.low_memory and self._rows_can_leave_the_batch(
+            logits_processor, stopping_criteria, generation_config, model_kwargs
+        )
+        if lean:
+            self._drop_settled_beams = False
+            return self._beam_search_shrinking_batch(
+                input_ids, logits_processor, stopping_criteria, generation_config, model_kwargs
+            )
         try:
             return super()._beam_search(
-                input_ids, logits_processor, stopping_criteria, generation_config, **model_kwargs
+                input_ids, logits_processor, stopping_criteria, generation_config, synced_gpus=synced_gpus,
+                **model_kwargs,
             )
         finally:
             self._drop_settled_beams, self._settled_sentences = False, None
+
+    def _beam_search_shrinking_batch(
+        self, input_ids, logits_processor, stopping_criteria, generation_config, model_kwargs
+    ) -> torch.LongTensor | GenerateBeamEncoderDecoderOutput:
+        """transformers' beam search (`GenerationMixin._beam_search`) over the sentences that are not settled.
+
+        Every step goes through transformers' own helpers (top-k continuations, running beams, finished hypotheses,
+        early-stop heuristic), so hypotheses, scores and beam indices are transformers'; but the logits, log-softmax,
+        top-k and decoder state of a step cover only the sentences whose finished hypotheses can still change. A
+        settled sentence's hypotheses are final: they are stored and the sentence leaves. input_ids: (B·k, t).
+        Returns what transformers returns without per-step outputs: sequences (B·r, t + n) (r =
+        `num_return_sequences`) and, in a dict, their beam indices.
+        """
+        config = generation_config
+        num_beams, max_length, prompt_length = config.num_beams, config.max_length, input_ids.shape[1]
+        batch_size = input_ids.shape[0] // num_beams
+        eos_token_id, pad_token_id = config._eos_token_tensor, config._pad_token_tensor
+        beams_to_keep = max(2, 1 + (eos_token_id.shape[0] if eos_token_id is not None else 0)) * num_beams
+        top_num_beam_mask = torch.arange(beams_to_keep, device=input_ids.device) < num_beams
+        fill_value = pad_token_id or eos_token_id[0] if eos_token_id is not None else -1  # as transformers fills
+        live = _LiveBeams.start(input_ids, batch_size, num_beams, max_length, fill_value)
+        final = _LiveBeams.start(input_ids, batch_size, num_beams, max_length, fill_value)
+        outputs = self._prefill(input_ids, config, model_kwargs)  # every beam of every sentence
+        cache, logits = outputs.past_key_values, outputs.logits[:, -1]
+        del outputs
+        encoder_outputs = model_kwargs["encoder_outputs"]
+        source_mask = model_kwargs.get("attention_mask")
+        if source_mask is None and encoder_outputs.attention_mask is not None:
+            source_mask = encoder_outputs.attention_mask.repeat_interleave(num_beams, dim=0)
+        cur_len = prompt_length
+        while True:
+            count = live.sentences.shape[0]
+            log_probs = logits_processor(
+                live.running_sequences[:, :, :cur_len].flatten(0, 1), F.log_softmax(logits.float(), dim=-1)
+            )
+            accumulated = (log_probs.view(count, num_beams, -1) + live.running_beam_scores[:, :, None]).view(count, -1)
+            topk_log_probs, topk_sequences, topk_beam_indices = self._get_top_k_continuations(
+                accumulated_log_probs=accumulated, running_sequences=live.running_sequences,
+                running_beam_indices=live.running_beam_indices, cur_len=cur_len, decoder_prompt_len=prompt_length,
+                do_sample=False, beams_to_keep=beams_to_keep, num_beams=num_beams, batch_size=count,
+            )
+            # beam indices count over generate()'s whole batch: live sentence i is sentence `live.sentences[i]`
+            offset = (live.sentences - torch.arange(count, device=logits.device)) * num_beams
+            topk_beam_indices[:, :, cur_len - prompt_length] += offset[:, None].to(topk_beam_indices.dtype)
+            hits = stopping_criteria(topk_sequences[:, :, : cur_len + 1].flatten(0, 1), None).view(count, -1)
+            live.running_sequences, live.running_beam_scores, live.running_beam_indices = (
+                self._get_running_beams_for_next_iteration(
+                    topk_log_probs, topk_sequences, topk_beam_indices, hits, num_beams
+                )
+            )
+            live.sequences, live.beam_scores, live.beam_indices, live.is_sent_finished = self._update_finished_beams(
+                sequences=live.sequences, topk_running_sequences=topk_sequences, beam_scores=live.beam_scores,
+                topk_log_probs=topk_log_probs, beam_indices=live.beam_indices,
+                topk_running_beam_indices=topk_beam_indices,
+                is_early_stop_heuristic_unsatisfied=live.is_early_stop_heuristic_unsatisfied,
+                is_sent_finished=live.is_sent_finished, next_token_hits_stopping_criteria=hits,
+                top_num_beam_mask=top_num_beam_mask, num_beams=num_beams, cur_len=cur_len,
+                decoder_prompt_len=prompt_length, length_penalty=config.length_penalty,
+                early_stopping=config.early_stopping,
+            )
+            # this step's parent beams, as rows of the (shrunken) cache
+            parents = live.running_beam_indices[..., cur_len - prompt_length] - offset[:, None]
+            cur_len += 1
+            live.is_early_stop_heuristic_unsatisfied = self._check_early_stop_heuristic(
+                live.is_early_stop_heuristic_unsatisfied, live.running_beam_scores, live.beam_scores,
+                live.is_sent_finished, cur_len, max_length, prompt_length, config.early_stopping, config.length_penalty,
+            )
+            searching = GenerationMixin._beam_search_has_unfinished_sequences(
+                live.is_early_stop_heuristic_unsatisfied, live.is_sent_finished, hits, config.early_stopping
+            )
+            settled = live.is_sent_finished.all(dim=-1) & (
+                (config.early_stopping is True) | ~live.is_early_stop_heuristic_unsatisfied.squeeze(-1)
+            )
+            if not bool(searching) or bool(settled.all()):
+                final.store(live)
+                break
+            cache.reorder_cache(parents.flatten().to(torch.long))
+            if bool(settled.any()):
+                final.store(live.select(settled.nonzero().squeeze(1)))
+                keep = (~settled).nonzero().squeeze(1)
+                live = live.select(keep)
+                rows = (keep[:, None] * num_beams + torch.arange(num_beams, device=keep.device)).flatten()
+                cache.batch_select_indices(rows)
+                source_mask = source_mask[rows] if source_mask is not None else None
+            tokens = live.running_sequences[:, :, cur_len - 1].reshape(-1, 1)
+            step = self.model.decoder(tokens, encoder_outputs, source_mask, past_key_values=cache, use_cache=True)
+            logits = self._vocabulary_logits(step.last_hidden_state[:, -1], cache)
+        return final.output(config, prompt_length, cache)
 
     @staticmethod
     def _may_drop_rows(generation_config, synced_gpus: bool) -> bool:

@@ -19,6 +19,7 @@ from conftest import (
 )
 from transformers import GenerationMixin, LogitsProcessor, LogitsProcessorList
 
+import modeling_s2s.modeling_s2s
 from modeling_s2s import S2SDecoderCache, S2SForConditionalGeneration
 from modeling_s2s.modeling_s2s import AttentionMemory, S2SDecoder
 
@@ -455,6 +456,72 @@ def test_decoder_rows_must_be_a_multiple_of_the_encoder_rows():
     encoder_outputs = model.get_encoder()(input_ids=ids, attention_mask=mask)
     with pytest.raises(ValueError, match="got 4 rows for encoder outputs of 3 sentences"):
         model(encoder_outputs=encoder_outputs, decoder_input_ids=torch.full((4, 1), BOS))
+
+
+def _run_with_and_without_our_beam_search(monkeypatch, model, ids, mask, **kwargs):
+    """generate() as this model runs it and with transformers' own `_beam_search`; the decoder's rows per call."""
+    decoded_rows = []
+    original_forward = S2SDecoder.forward
+
+    def spy(self, input_ids, *args, **kw):
+        decoded_rows.append(input_ids.shape[0])
+        return original_forward(self, input_ids, *args, **kw)
+
+    monkeypatch.setattr(S2SDecoder, "forward", spy)
+    ours = _generate(model, ids, mask, return_dict_in_generate=True, **kwargs)
+    our_rows = list(decoded_rows)
+    decoded_rows.clear()
+    with monkeypatch.context() as patch:
+        patch.setattr(S2SForConditionalGeneration, "_beam_search", GenerationMixin._beam_search)
+        theirs = _generate(model, ids, mask, return_dict_in_generate=True, **kwargs)
+    return ours, theirs, our_rows, list(decoded_rows)
+
+
+class _EosAfterPromptToken(LogitsProcessor):
+    """Row-local staggered ends: a row whose decoder prompt is [<s>, FIRST_REAL + n] ends with its (n + 2)-th
+    generated token (`</s>` forced there, forbidden before). It reads only the row's own tokens."""
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        making = input_ids.shape[1] - 1  # generated tokens after this step (the prompt has 2)
+        ends_at = input_ids[:, 1] - FIRST_REAL + 2
+        scores = scores.clone()
+        scores[:, EOS] = torch.where(ends_at == making, 1e4, float("-inf"))
+        return scores
+
+
+@pytest.mark.parametrize("options", [GRID[0], GRID[3], GRID[7], GRID[12], GRID[15]], ids=grid_id)
+@pytest.mark.parametrize("early_stopping", [True, False, "never"])
+def test_beam_search_runs_only_unsettled_sentences_and_matches_transformers(monkeypatch, options, early_stopping):
+    monkeypatch.setattr(
+        modeling_s2s.modeling_s2s, "_ROW_LOCAL_PROCESSORS",
+        (*modeling_s2s.modeling_s2s._ROW_LOCAL_PROCESSORS, _EosAfterPromptToken),
+    )
+    model = make_model(**options)
+    ids, mask = random_ids([6, 3, 5, 4, 2, 6])
+    ends = [2, 0, 4, 1, 5, 3]  # sentence s ends with generated token ends[s] + 2
+    prompt = torch.tensor([[BOS, FIRST_REAL + n] for n in ends]).repeat_interleave(3, dim=0)
+    kwargs = dict(
+        num_beams=3, num_return_sequences=2, early_stopping=early_stopping, length_penalty=0.7, max_new_tokens=12,
+        repetition_penalty=1.3, no_repeat_ngram_size=3, decoder_input_ids=prompt[::3],
+        logits_processor=LogitsProcessorList([_EosAfterPromptToken()]),
+    )
+    ours, theirs, our_rows, their_rows = _run_with_and_without_our_beam_search(monkeypatch, model, ids, mask, **kwargs)
+    assert torch.equal(ours.sequences, theirs.sequences)
+    assert torch.equal(ours.beam_indices, theirs.beam_indices)
+    assert [row.tolist().index(EOS) - 1 for row in ours.sequences[::2]] == [n + 2 for n in ends]
+    # Call 1 decodes the prompts; call c > 1 makes generated token c, for the beams of sentences not ended yet.
+    assert our_rows == [18] + [3 * sum(n + 2 >= call for n in ends) for call in range(2, 8)]
+    assert their_rows == [18] * 7
+
+
+def test_beam_search_that_reaches_max_length_matches_transformers(monkeypatch):
+    model = make_model(**GRID[2])
+    ids, mask = random_ids([6, 3, 5])
+    kwargs = dict(num_beams=4, max_new_tokens=3, suppress_tokens=[PAD, EOS])  # no hypothesis can end early
+    ours, theirs, our_rows, _ = _run_with_and_without_our_beam_search(monkeypatch, model, ids, mask, **kwargs)
+    assert torch.equal(ours.sequences, theirs.sequences) and ours.sequences.shape == (3, 4)
+    assert torch.equal(ours.beam_indices, theirs.beam_indices)
+    assert our_rows == [12, 12, 12]
 
 
 def test_per_step_outputs_keep_every_row(monkeypatch):
