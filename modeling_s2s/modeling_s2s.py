@@ -1512,8 +1512,9 @@ class S2SForConditionalGeneration(S2SPreTrainedModel, GenerationMixin):
 
     @staticmethod
     def _rows_can_leave_the_batch(logits_processor, stopping_criteria, generation_config, model_kwargs) -> bool:
-        """Whether greedy search may run on the unfinished rows alone: every processor and stopping criterion
-        judges a row by that row's tokens and scores only, and nothing is asked for per step or for every row."""
+        """Whether greedy or beam search may run on the unfinished rows (sentences) alone: no sampling, every
+        processor and stopping criterion judges a row by that row's tokens and scores only, and nothing is asked
+        for per step (scores, logits) or for every row."""
         per_step_outputs = generation_config.return_dict_in_generate and (
             generation_config.output_scores or generation_config.output_logits
         )
@@ -1573,29 +1574,31 @@ class S2SForConditionalGeneration(S2SPreTrainedModel, GenerationMixin):
     def _beam_search(
         self, input_ids, logits_processor, stopping_criteria, generation_config, synced_gpus=False, **model_kwargs
     ):
-        """transformers' beam search, with the beams of settled sentences dropped from the decoder state.
+        """transformers' beam search, with the beams of settled sentences costing nothing.
 
         transformers keeps running every beam until the last sentence of the batch is settled. A sentence is
-        settled once its finished hypotheses can no longer change (`_beam_search_has_unfinished_sequences` sees
-        that after every step); from the next step on its beams leave the decoder state
-        (`S2SDecoderCache.drop_finished_rows`) and cost nothing. The returned hypotheses and scores are the same.
-        Beam sampling and per-step attentions/hidden states keep every beam.
+        settled once its finished hypotheses can no longer change; the returned hypotheses are the same when it
+        stops being computed:
+        - with only row-local processors and stopping criteria and no per-step outputs, beam search runs
+          `_beam_search_shrinking_batch`, where settled sentences leave every per-step tensor;
+        - otherwise transformers' loop runs, and from the step after a sentence settles
+          (`_beam_search_has_unfinished_sequences` sees it) its beams leave the decoder state
+          (`S2SDecoderCache.drop_finished_rows`). Beam sampling and per-step attentions/hidden states keep every beam.
 
         transformers repeats the encoder outputs once per beam; the decoder gets them once per sentence instead
         (`S2SDecoder.init_cache`), so the beams of a sentence attend over one copy of its source memory.
         """
         may_drop = self._may_drop_rows(generation_config, synced_gpus)
-        self._drop_settled_beams = may_drop and not generation_config.do_sample
         if may_drop:  # with per-step tensors transformers also returns the encoder outputs: keep them per beam
             model_kwargs["encoder_outputs"] = _every_nth_row(model_kwargs["encoder_outputs"], generation_config.num_beams)
-        lean = may_drop and not generation_config.low_memory and self._rows_can_leave_the_batch(
-            logits_processor, stopping_criteria, generation_config, model_kwargs
-        )
-        if lean:
-            self._drop_settled_beams = False
-            return self._beam_search_shrinking_batch(
-                input_ids, logits_processor, stopping_criteria, generation_config, model_kwargs
+            lean = not generation_config.low_memory and self._rows_can_leave_the_batch(
+                logits_processor, stopping_criteria, generation_config, model_kwargs
             )
+            if lean:
+                return self._beam_search_shrinking_batch(
+                    input_ids, logits_processor, stopping_criteria, generation_config, model_kwargs
+                )
+        self._drop_settled_beams = may_drop and not generation_config.do_sample
         try:
             return super()._beam_search(
                 input_ids, logits_processor, stopping_criteria, generation_config, synced_gpus=synced_gpus,
