@@ -15,21 +15,29 @@ Measured side by side in one run:
 - generate() with every matmul through `F.linear` ("F.linear": the model's `PackedWeights`, oneDNN matmuls with
   weights reordered once per call, switched off);
 - generate() as transformers runs it ("keep finished": `GenerationMixin._sample`/`_beam_search` put back, so every
-  row of a batch is computed until its last row ends) next to the model's own loops, which drop finished rows
-  (greedy) and settled sentences (beam search) from the decoder state;
+  row of a batch is computed until its last row ends, and the encoder outputs are copied once per beam) next to
+  the model's own loops, which run only unfinished rows (greedy) and unsettled sentences (beam search);
+- beam search with the encoder outputs copied per beam ("beam copies") next to the model's default, where the
+  beams of a sentence share one source memory;
 - greedy through a hand-written loop over the same model that drops finished rows from the batch and the cache
   (`shrinking_greedy` of bench_generate_overhead.py, as OpenNMT-py translates).
 
 Output tokens are the tokens of the returned translation up to and including `</s>` (no start token, no
-padding). Memory: peak RSS above the RSS before the run, in this process (allocator reuse makes it a lower
-bound). With `--model_dir` (a trained model directory with its tokenizer, e.g. written by scripts/train.py)
+padding). Every decoder of a setting runs on one batch before the next batch is taken (alternating, so a slow
+stretch of a shared machine hits all of them alike). Memory: peak RSS above the RSS before, over a separate run of
+the longest batch, in this process (allocator reuse makes it a lower bound). With `--model_dir` (a trained model directory with its tokenizer, e.g. written by scripts/train.py)
 translations have their natural lengths and BLEU is reported; without it an untrained base model is used
 and `max_new_tokens=--untrained-length` (15, the mean reference length in tokens): a random model almost never
 predicts `</s>`, so outputs run to that length (the "tokens" column counts what was really generated) and the
 work per sentence is comparable to a trained model's, but beam search never stops early.
 
+`--join N` joins every N consecutive test sentences (sources and references) into one: long inputs, as in
+summarisation, where the attention over the source is a large part of each step.
+
     python benchmarks/bench_decoding.py --model_dir /tmp/runs/quick1
     python benchmarks/bench_decoding.py --max-sentences 128 --batch1-sentences 10 --no-quantize   # a quick look
+    python benchmarks/bench_decoding.py --model_dir outputs/multi30k-25min-de-en-wall --join 8 --beams 5 \
+        --no-quantize --no-reference --batch1-sentences 5 --max-new-tokens 200                      # long inputs
 """
 
 from __future__ import annotations
@@ -96,6 +104,24 @@ def transformers_loops():
 
 
 @contextlib.contextmanager
+def source_copy_per_beam():
+    """Beam search with transformers' per-beam copies of the encoder outputs (no shared source memory)."""
+    import modeling_s2s.modeling_s2s as modeling
+
+    saved = modeling._every_nth_row
+    try:
+        modeling._every_nth_row = lambda encoder_outputs, n: encoder_outputs
+        yield
+    finally:
+        modeling._every_nth_row = saved
+
+
+def join_sentences(texts: list[str], n: int) -> list[str]:
+    """Every `n` consecutive texts joined with spaces (the last group may be shorter)."""
+    return [" ".join(texts[i : i + n]) for i in range(0, len(texts), n)]
+
+
+@contextlib.contextmanager
 def plain_matmuls():
     """Decode without `PackedWeights`: every matmul through `F.linear` (MKL for fp32 on CPU)."""
     from modeling_s2s.modeling_s2s import S2SDecoder
@@ -122,25 +148,44 @@ class Runner:
         )
 
     def run(self, fn, batches, n_sentences: int) -> dict[str, Any]:
-        """fn(input_ids, mask) -> (B, n) generated ids with a start token. Untimed warm-up on the first batch."""
-        fn(batches[0][1], batches[0][2])
-        outputs: list[list[int]] = [[] for _ in range(n_sentences)]
-        tokens, latencies = 0, []
-        reset_peak_rss()
-        before = rss_mb()
-        start = time.perf_counter()
+        """fn(input_ids, mask) -> (B, n) generated ids with a start token; see `run_alternating`."""
+        return self.run_alternating({"fn": fn}, batches, n_sentences)["fn"]
+
+    def run_alternating(self, fns: dict[str, Any], batches, n_sentences: int) -> dict[str, dict[str, Any]]:
+        """Time every fn(input_ids, mask) -> (B, n) generated ids (start token first) over `batches`, all of them
+        on one batch before the next batch, so a slow stretch of a shared machine hits every fn alike. Untimed
+        warm-up on the first batch (a fn that fails there is reported and left out). Memory: peak RSS above the
+        RSS before, in a separate untimed run of the longest batch per fn."""
+        working = {}
+        for name, fn in fns.items():
+            try:
+                fn(batches[0][1], batches[0][2])
+                working[name] = fn
+            except Exception as error:  # torch.compile may fail; report it instead of stopping
+                print(f"{name} FAILED: {type(error).__name__}: {error}"[:500])
+        outputs = {name: [[] for _ in range(n_sentences)] for name in working}
+        tokens = dict.fromkeys(working, 0)
+        latencies: dict[str, list[float]] = {name: [] for name in working}
         for index, input_ids, mask in batches:
-            t0 = time.perf_counter()
-            generated = fn(input_ids, mask)
-            latencies.append(time.perf_counter() - t0)
-            tokens += count_generated_tokens(generated, self.pad, self.eos)
-            for row, i in enumerate(index):
-                outputs[i] = strip_generated(generated[row, 1:].tolist(), self.pad, self.eos)
-        seconds = time.perf_counter() - start
-        return {
-            "seconds": seconds, "tokens": tokens, "outputs": outputs, "sentences": sum(len(b[0]) for b in batches),
-            "latency_ms": 1000 * statistics.median(latencies), "memory": peak_rss_mb() - before,
-        }
+            for name, fn in working.items():
+                start = time.perf_counter()
+                generated = fn(input_ids, mask)
+                latencies[name].append(time.perf_counter() - start)
+                tokens[name] += count_generated_tokens(generated, self.pad, self.eos)
+                for row, i in enumerate(index):
+                    outputs[name][i] = strip_generated(generated[row, 1:].tolist(), self.pad, self.eos)
+        longest = max(batches, key=lambda batch: batch[1].numel())
+        results = {}
+        for name, fn in working.items():
+            reset_peak_rss()
+            before = rss_mb()
+            fn(longest[1], longest[2])
+            results[name] = {
+                "seconds": sum(latencies[name]), "tokens": tokens[name], "outputs": outputs[name],
+                "sentences": sum(len(b[0]) for b in batches), "latency_ms": 1000 * statistics.median(latencies[name]),
+                "memory": peak_rss_mb() - before,
+            }
+        return results
 
 
 def bleu(tokenizer, outputs: list[list[int]], references: list[str]) -> float:
@@ -191,6 +236,7 @@ def main() -> None:
     parser.add_argument("--max-sentences", type=int, default=1000, help="sentences of the test set at batch 64")
     parser.add_argument("--batch1-sentences", type=int, default=100, help="first N sentences at batch 1")
     parser.add_argument("--beams", type=int, nargs="+", default=[1, 5])
+    parser.add_argument("--join", type=int, default=1, help="join every N consecutive test sentences into one input")
     parser.add_argument("--max-new-tokens", type=int, default=80, help="trained model (the recipe's max length)")
     parser.add_argument("--untrained-length", type=int, default=15, help="max_new_tokens of the untrained model")
     parser.add_argument("--no-reference", action="store_true")
@@ -226,6 +272,9 @@ def main() -> None:
           f"early_stopping={generation_config.early_stopping}\n", flush=True)
 
     sources, references = load_pairs("test")
+    if args.join > 1:
+        sources, references = join_sentences(sources, args.join), join_sentences(references, args.join)
+        print(f"inputs: every {args.join} consecutive test sentences joined into one ({len(sources)} inputs)\n")
     sources, references = sources[: args.max_sentences], references[: args.max_sentences]
     full = decoding_batches(tokenizer, sources, args.batch_size)
     single = decoding_batches(tokenizer, sources[: args.batch1_sentences], 1, sort=False)
@@ -248,34 +297,34 @@ def main() -> None:
     for batch_size, beams in settings:
         batches = full if batch_size > 1 else single
         n = len(sources)
+        fns = {}
         for name, variant in variants.items():
-            def fn(ids, mask, variant=variant, beams=beams):
-                return runner.generate(variant, ids, mask, beams)
-
-            try:
-                results[(name, batch_size, beams)] = runner.run(fn, batches, n)
-            except Exception as error:  # torch.compile may fail; report it instead of stopping
-                print(f"{name} batch {batch_size} beams {beams} FAILED: {type(error).__name__}: {error}"[:500])
-                continue
+            fns[name] = lambda ids, mask, variant=variant, beams=beams: runner.generate(variant, ids, mask, beams)
 
         def keep_finished_fn(ids, mask, beams=beams):
             with transformers_loops():
                 return runner.generate(model, ids, mask, beams)
 
-        results[("generate() keep finished", batch_size, beams)] = runner.run(keep_finished_fn, batches, n)
-
         def plain_fn(ids, mask, beams=beams):
             with plain_matmuls():
                 return runner.generate(model, ids, mask, beams)
 
-        results[("generate() F.linear", batch_size, beams)] = runner.run(plain_fn, batches, n)
+        fns["generate() keep finished"] = keep_finished_fn
+        fns["generate() F.linear"] = plain_fn
+        if beams > 1:
+
+            def copies_fn(ids, mask, beams=beams):
+                with source_copy_per_beam():
+                    return runner.generate(model, ids, mask, beams)
+
+            fns["generate() beam copies"] = copies_fn
         if beams == 1:
             from bench_generate_overhead import shrinking_greedy
 
             def shrink_fn(ids, mask):
                 return shrinking_greedy(model, ids, mask, generation["max_new_tokens"])
 
-            results[("loop dropping finished", batch_size, beams)] = runner.run(shrink_fn, batches, n)
+            fns["loop dropping finished"] = shrink_fn
         if reference is not None and beams == 1:
 
             def ref_fn(ids, mask):
@@ -283,9 +332,12 @@ def main() -> None:
                                        min_new_tokens=generation.get("min_new_tokens", 0))
                 return torch.cat([out.new_full((out.shape[0], 1), config.decoder_start_token_id), out], dim=1)
 
-            results[("naive reference", batch_size, beams)] = runner.run(ref_fn, batches, n)
-        names = [*variants, "generate() F.linear", "generate() keep finished", "loop dropping finished",
-                 "naive reference"]
+            fns["naive reference"] = ref_fn
+        results.update({
+            (name, batch_size, beams): result for name, result in runner.run_alternating(fns, batches, n).items()
+        })
+        names = [*variants, "generate() F.linear", "generate() keep finished", "generate() beam copies",
+                 "loop dropping finished", "naive reference"]
         for name in names:
             result = results.get((name, batch_size, beams))
             if result is None:

@@ -119,7 +119,7 @@ def memory_probe(
     return peak_rss_mb() - before
 
 
-def profile_step(step, batch, rows: int = 15) -> None:
+def profile_step(step, batch, rows: int = 30) -> None:
     from torch.profiler import ProfilerActivity, profile
 
     with profile(activities=[ProfilerActivity.CPU]) as prof:
