@@ -1641,7 +1641,8 @@ class S2SForConditionalGeneration(S2SPreTrainedModel, GenerationMixin):
             log_probs = logits_processor(
                 live.running_sequences[:, :, :cur_len].flatten(0, 1), F.log_softmax(logits.float(), dim=-1)
             )
-            accumulated = (log_probs.view(count, num_beams, -1) + live.running_beam_scores[:, :, None]).view(count, -1)
+            # in place: the log-probabilities are this step's own tensor (values as transformers' out-of-place sum)
+            accumulated = log_probs.view(count, num_beams, -1).add_(live.running_beam_scores[:, :, None]).view(count, -1)
             topk_log_probs, topk_sequences, topk_beam_indices = self._get_top_k_continuations(
                 accumulated_log_probs=accumulated, running_sequences=live.running_sequences,
                 running_beam_indices=live.running_beam_indices, cur_len=cur_len, decoder_prompt_len=prompt_length,
