@@ -361,6 +361,15 @@ class PackedWeights:
         return PackedWeights()  # reordered oneDNN tensors cannot be copied; they are rebuilt on demand
 
 
+def _runs_within_groups(indices: torch.Tensor, group: int) -> bool:
+    """Whether `indices` (N,) split into runs of `group` consecutive entries, each run inside one group of rows
+    (rows g·s … g·s + g - 1 of sentence s)."""
+    if indices.numel() % group:
+        return False
+    groups = indices.view(-1, group) // group
+    return torch.equal(groups, groups[:, :1].expand_as(groups))
+
+
 class S2SDecoderCache:
     """Decoder state carried between `generate()` steps; every tensor is batch-first.
 
@@ -440,20 +449,17 @@ class S2SDecoderCache:
         self.rows_per_source *= repeats  # the new rows of one source sentence stay next to each other
 
     def batch_select_indices(self, indices: torch.Tensor) -> None:
-        """Keep rows `indices` (in that order). With `rows_per_source` = g > 1, whole groups (the g rows of one
-        sentence) keep sharing their source row; any other selection gives every row its own copy first."""
+        """Keep rows `indices` (in that order). With `rows_per_source` = g > 1, a selection in runs of g rows of
+        one sentence each keeps sharing the sentence's source row; any other gives every row its own copy first."""
         self._apply(lambda t: t[indices], include_source=False)
-        group = self.rows_per_source
-        if self.source_memory is None or group == 1:
-            if self.source_memory is not None:
-                self.source_memory = self.source_memory.apply(lambda t: t[indices])
+        if self.source_memory is None:
             return
-        groups = indices.view(-1, group) if indices.numel() % group == 0 else None
-        if groups is not None and torch.equal(groups // group, (groups[:, :1] // group).expand_as(groups)):
-            self.source_memory = self.source_memory.apply(lambda t: t[groups[:, 0] // group])
-        else:
-            self.source_memory = self.source_memory.apply(lambda t: t.repeat_interleave(group, dim=0)[indices])
-            self.rows_per_source = 1
+        group = self.rows_per_source
+        if group > 1 and not _runs_within_groups(indices, group):
+            self.source_memory = self.source_memory.apply(lambda t: t.repeat_interleave(group, dim=0))
+            self.rows_per_source = group = 1
+        rows = indices[::group] // group
+        self.source_memory = self.source_memory.apply(lambda t: t[rows])
 
     def crop(self, max_length: int) -> None:
         raise ValueError(
