@@ -1549,14 +1549,14 @@ class S2SForConditionalGeneration(S2SPreTrainedModel, GenerationMixin):
         if source_mask is None:
             source_mask = encoder_outputs.attention_mask
         pad_token_id = int(generation_config._pad_token_tensor)
-        sequences = F.pad(input_ids, (0, generation_config.max_length - length), value=pad_token_id)
+        sequences = F.pad(input_ids, (0, max(generation_config.max_length - length, 0)), value=pad_token_id)
         alive = torch.arange(batch_size, device=input_ids.device)
         logits = outputs.logits[:, -1].float()
         del outputs
         while True:
             scores = logits_processor(sequences[alive, :length], logits)
             next_tokens = scores.argmax(dim=-1)
-            if length == sequences.shape[1]:  # only a stopping criterion other than max_length ends the loop
+            if length >= sequences.shape[1]:  # no room left: a stopping criterion other than max_length decides
                 sequences = F.pad(sequences, (0, sequences.shape[1]), value=pad_token_id)
             sequences[alive, length] = next_tokens
             length += 1
