@@ -12,8 +12,13 @@ generate()'s keep-every-row-until-the-last-ends policy costs (finished rows are 
 Timed at batch 64 on the first `--batches` length-sorted batches of Multi30k test_2016_flickr, the methods
 alternating batch by batch; each batch is timed `--repeats` times and the fastest kept.
 
+`--stopping-rule` also decodes the whole test set with beam search and counts, per sentence, the beam steps it
+stays in the batch under transformers' rule (`early_stopping=True`: until `num_beams` hypotheses have finished)
+and the step at which its best candidate first ends, where OpenNMT-py stops a sentence.
+
     python benchmarks/bench_generate_overhead.py --model_dir /tmp/runs/quick1
     python benchmarks/bench_generate_overhead.py --batches 1 --repeats 1        # a quick look
+    python benchmarks/bench_generate_overhead.py --model_dir outputs/multi30k-25min-de-en-wall --stopping-rule
 """
 
 from __future__ import annotations
@@ -157,6 +162,38 @@ def minimal_beam(model, input_ids, attention_mask, num_beams: int, max_new_token
     return finished[:, 0]
 
 
+def beam_steps_per_sentence(model, batches, num_beams: int, max_new_tokens: int) -> tuple[float, float]:
+    """Mean beam steps a sentence stays in generate()'s beam search, and mean steps until its best candidate first
+    ends (OpenNMT-py's stopping rule), over `batches`. Spies on transformers' `_get_running_beams_for_next_iteration`,
+    which the model's beam loop calls once per step with the step's candidates."""
+    from modeling_s2s import S2SForConditionalGeneration
+
+    original = S2SForConditionalGeneration._get_running_beams_for_next_iteration
+    steps: dict[int, list] = {}  # sentence -> [step its best candidate first ended, last step it was searched]
+
+    def spy(self, topk_log_probs, topk_sequences, topk_beam_indices, hits, beams):
+        column = int((topk_beam_indices[0, 0] != -1).sum()) - 1  # this step's column of the beam indices
+        for sentence, best_ends in zip((topk_beam_indices[:, 0, column] // beams).tolist(), hits[:, 0].tolist()):
+            record = steps.setdefault(sentence, [None, 0])
+            if best_ends and record[0] is None:
+                record[0] = column + 1
+            record[1] = column + 1
+        return original(self, topk_log_probs, topk_sequences, topk_beam_indices, hits, beams)
+
+    ours = first_end = count = 0
+    S2SForConditionalGeneration._get_running_beams_for_next_iteration = spy
+    try:
+        for _, input_ids, mask in batches:
+            steps.clear()
+            model.generate(input_ids=input_ids, attention_mask=mask, num_beams=num_beams, max_new_tokens=max_new_tokens,
+                           early_stopping=True)
+            for best_ended, last in steps.values():
+                ours, first_end, count = ours + last, first_end + (best_ended or last), count + 1
+    finally:
+        S2SForConditionalGeneration._get_running_beams_for_next_iteration = original
+    return ours / count, first_end / count
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model_dir", help="trained model directory (with tokenizer); default: untrained base")
@@ -169,6 +206,8 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=80)
     parser.add_argument("--untrained-length", type=int, default=15, help="max_new_tokens of the untrained model")
     parser.add_argument("--profile", action="store_true", help="profile generate() beam search on one batch")
+    parser.add_argument("--stopping-rule", action="store_true",
+                        help="beam steps per sentence: transformers' early_stopping=True vs OpenNMT-py's rule")
     args = parser.parse_args()
 
     setup_threads(args.threads)
@@ -190,7 +229,8 @@ def main() -> None:
     print(f"model: {what}; input_feeding={model.config.input_feeding}; beams {args.beams}, "
           f"length_penalty {length_penalty}, early_stopping=True, max_new_tokens {max_new}", flush=True)
     sources, _ = load_pairs("test")
-    batches = decoding_batches(tokenizer, sources, args.batch_size)
+    all_batches = decoding_batches(tokenizer, sources, args.batch_size)
+    batches = all_batches
     # spread the timed batches over the length range
     stride = max(1, len(batches) // args.batches)
     batches = batches[::stride][: args.batches]
@@ -248,6 +288,14 @@ def main() -> None:
                 methods[name](input_ids, mask)
             print(f"\n## Profile: {name}, one batch\n")
             print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=20))
+    if args.stopping_rule:
+        ours, onmt = beam_steps_per_sentence(model, all_batches, args.beams, max_new)
+        print(f"\n## Beam {args.beams} steps per sentence over the whole test set ({len(sources)} sentences)\n")
+        print(format_table(["stopping rule", "beam steps per sentence"], [
+            ["transformers, early_stopping=True (num_beams finished hypotheses)", ours],
+            ["OpenNMT-py (its best candidate ends)", onmt],
+            ["ratio", ours / onmt],
+        ]))
     print_footer()
 
 
