@@ -306,7 +306,9 @@ class _StaggeredEos(LogitsProcessor):
         return scores
 
 
-def _generate_with_and_without_pruning(monkeypatch, model, ids, mask, **kwargs):
+def _ours_and_transformers(monkeypatch, model, ids, mask, **kwargs):
+    """generate() as this model runs it, then with transformers' own `_sample` and `_beam_search`, both seeded
+    alike; also the decoder's row count per call in each run."""
     decoded_rows = []
     original_forward = S2SDecoder.forward
 
@@ -315,16 +317,23 @@ def _generate_with_and_without_pruning(monkeypatch, model, ids, mask, **kwargs):
         return original_forward(self, input_ids, *args, **kw)
 
     monkeypatch.setattr(S2SDecoder, "forward", spy)
-    processors = LogitsProcessorList([_StaggeredEos(kwargs.get("num_beams", 1))])
     torch.manual_seed(3)
-    pruned = _generate(model, ids, mask, logits_processor=processors, max_new_tokens=9, **kwargs)
-    pruned_rows = list(decoded_rows)
+    ours = _generate(model, ids, mask, **kwargs)
+    our_rows = list(decoded_rows)
     decoded_rows.clear()
-    for loop in ("_sample", "_beam_search"):  # transformers' own loops
-        monkeypatch.setattr(S2SForConditionalGeneration, loop, getattr(GenerationMixin, loop))
-    torch.manual_seed(3)
-    full = _generate(model, ids, mask, logits_processor=processors, max_new_tokens=9, **kwargs)
-    return pruned, full, pruned_rows, list(decoded_rows)
+    with monkeypatch.context() as patch:
+        for loop in ("_sample", "_beam_search"):
+            patch.setattr(S2SForConditionalGeneration, loop, getattr(GenerationMixin, loop))
+        torch.manual_seed(3)
+        theirs = _generate(model, ids, mask, **kwargs)
+    return ours, theirs, our_rows, list(decoded_rows)
+
+
+def _generate_with_and_without_pruning(monkeypatch, model, ids, mask, **kwargs):
+    processors = LogitsProcessorList([_StaggeredEos(kwargs.get("num_beams", 1))])
+    return _ours_and_transformers(
+        monkeypatch, model, ids, mask, logits_processor=processors, max_new_tokens=9, **kwargs
+    )
 
 
 @pytest.mark.parametrize("options", [GRID[0], GRID[7], GRID[12], GRID[15]], ids=grid_id)
@@ -360,25 +369,6 @@ def test_settled_sentences_leave_beam_search_without_changing_any_output(monkeyp
         assert sum(pruned_rows) < sum(full_rows)
 
 
-def _run_with_and_without_our_greedy_loop(monkeypatch, model, ids, mask, **kwargs):
-    """generate() as this model runs it and with transformers' own `_sample`; also the decoder's row count per call."""
-    decoded_rows = []
-    original_forward = S2SDecoder.forward
-
-    def spy(self, input_ids, *args, **kw):
-        decoded_rows.append(input_ids.shape[0])
-        return original_forward(self, input_ids, *args, **kw)
-
-    monkeypatch.setattr(S2SDecoder, "forward", spy)
-    ours = _generate(model, ids, mask, **kwargs)
-    our_rows = list(decoded_rows)
-    decoded_rows.clear()
-    with monkeypatch.context() as patch:
-        patch.setattr(S2SForConditionalGeneration, "_sample", GenerationMixin._sample)
-        theirs = _generate(model, ids, mask, **kwargs)
-    return ours, theirs, our_rows, list(decoded_rows)
-
-
 # Built-in processors only (each judges a row by its own tokens): the length penalty on `</s>` grows at a different
 # pace per row, so rows end at different steps.
 ROW_LOCAL_OPTIONS = dict(
@@ -394,7 +384,7 @@ ROW_LOCAL_OPTIONS = dict(
 def test_greedy_search_runs_only_unfinished_rows_and_matches_transformers(monkeypatch, options):
     model = make_model(**options)
     ids, mask = random_ids([6, 3, 5, 4, 2, 6, 5, 3])
-    ours, theirs, our_rows, their_rows = _run_with_and_without_our_greedy_loop(
+    ours, theirs, our_rows, their_rows = _ours_and_transformers(
         monkeypatch, model, ids, mask, **ROW_LOCAL_OPTIONS
     )
     assert torch.equal(ours, theirs)
@@ -410,7 +400,7 @@ def test_greedy_search_continues_a_decoder_prompt_and_returns_a_dict(monkeypatch
     ids, mask = random_ids([6, 3, 5, 4])
     prompt = torch.tensor([[BOS, FIRST_REAL], [BOS, FIRST_REAL + 1], [BOS, FIRST_REAL], [BOS, FIRST_REAL + 2]])
     kwargs = dict(ROW_LOCAL_OPTIONS, decoder_input_ids=prompt, return_dict_in_generate=True)
-    ours, theirs, our_rows, _ = _run_with_and_without_our_greedy_loop(monkeypatch, model, ids, mask, **kwargs)
+    ours, theirs, our_rows, _ = _ours_and_transformers(monkeypatch, model, ids, mask, **kwargs)
     assert torch.equal(ours.sequences, theirs.sequences)
     assert torch.equal(ours.sequences[:, :2], prompt)
     assert isinstance(ours.past_key_values, S2SDecoderCache)
@@ -422,7 +412,7 @@ def test_a_processor_that_keeps_state_per_batch_row_gets_transformers_loop(monke
     model = make_model(**GRID[0])
     ids, mask = random_ids([6, 3, 5, 4, 2, 6])
     kwargs = dict(ROW_LOCAL_OPTIONS, encoder_repetition_penalty=1.5)
-    ours, theirs, our_rows, _ = _run_with_and_without_our_greedy_loop(monkeypatch, model, ids, mask, **kwargs)
+    ours, theirs, our_rows, _ = _ours_and_transformers(monkeypatch, model, ids, mask, **kwargs)
     assert torch.equal(ours, theirs)
 
 
@@ -458,25 +448,6 @@ def test_decoder_rows_must_be_a_multiple_of_the_encoder_rows():
         model(encoder_outputs=encoder_outputs, decoder_input_ids=torch.full((4, 1), BOS))
 
 
-def _run_with_and_without_our_beam_search(monkeypatch, model, ids, mask, **kwargs):
-    """generate() as this model runs it and with transformers' own `_beam_search`; the decoder's rows per call."""
-    decoded_rows = []
-    original_forward = S2SDecoder.forward
-
-    def spy(self, input_ids, *args, **kw):
-        decoded_rows.append(input_ids.shape[0])
-        return original_forward(self, input_ids, *args, **kw)
-
-    monkeypatch.setattr(S2SDecoder, "forward", spy)
-    ours = _generate(model, ids, mask, return_dict_in_generate=True, **kwargs)
-    our_rows = list(decoded_rows)
-    decoded_rows.clear()
-    with monkeypatch.context() as patch:
-        patch.setattr(S2SForConditionalGeneration, "_beam_search", GenerationMixin._beam_search)
-        theirs = _generate(model, ids, mask, return_dict_in_generate=True, **kwargs)
-    return ours, theirs, our_rows, list(decoded_rows)
-
-
 class _EosAfterPromptToken(LogitsProcessor):
     """Row-local staggered ends: a row whose decoder prompt is [<s>, FIRST_REAL + n] ends with its (n + 2)-th
     generated token (`</s>` forced there, forbidden before). It reads only the row's own tokens."""
@@ -505,7 +476,9 @@ def test_beam_search_runs_only_unsettled_sentences_and_matches_transformers(monk
         repetition_penalty=1.3, no_repeat_ngram_size=3, decoder_input_ids=prompt[::3],
         logits_processor=LogitsProcessorList([_EosAfterPromptToken()]),
     )
-    ours, theirs, our_rows, their_rows = _run_with_and_without_our_beam_search(monkeypatch, model, ids, mask, **kwargs)
+    ours, theirs, our_rows, their_rows = _ours_and_transformers(
+        monkeypatch, model, ids, mask, return_dict_in_generate=True, **kwargs
+    )
     assert torch.equal(ours.sequences, theirs.sequences)
     assert torch.equal(ours.beam_indices, theirs.beam_indices)
     assert [row.tolist().index(EOS) - 1 for row in ours.sequences[::2]] == [n + 2 for n in ends]
@@ -518,7 +491,9 @@ def test_beam_search_that_reaches_max_length_matches_transformers(monkeypatch):
     model = make_model(**GRID[2])
     ids, mask = random_ids([6, 3, 5])
     kwargs = dict(num_beams=4, max_new_tokens=3, suppress_tokens=[PAD, EOS])  # no hypothesis can end early
-    ours, theirs, our_rows, _ = _run_with_and_without_our_beam_search(monkeypatch, model, ids, mask, **kwargs)
+    ours, theirs, our_rows, _ = _ours_and_transformers(
+        monkeypatch, model, ids, mask, return_dict_in_generate=True, **kwargs
+    )
     assert torch.equal(ours.sequences, theirs.sequences) and ours.sequences.shape == (3, 4)
     assert torch.equal(ours.beam_indices, theirs.beam_indices)
     assert our_rows == [12, 12, 12]
