@@ -90,6 +90,22 @@ def make_step(module: torch.nn.Module, is_reference: bool, bf16: bool = False):
     return step
 
 
+def with_per_step_weight_gradients(step):
+    """`step` with each step-loop matmul's weight gradient computed and added per decoder step, as before
+    `_DeferredWeightGradient` (for the A/B of `--per-step-weight-gradients`)."""
+    from modeling_s2s.modeling_s2s import PackedWeights
+
+    def run(batch: dict[str, torch.Tensor]) -> float:
+        saved = PackedWeights.__dict__["_deferring_gradients"]
+        PackedWeights._deferring_gradients = lambda self, name, weight, bias: (weight, bias)
+        try:
+            return step(batch)
+        finally:
+            PackedWeights._deferring_gradients = saved
+
+    return run
+
+
 def build_pair(preset: str, config_kwargs: dict[str, Any]):
     from modeling_s2s import S2SConfig, S2SForConditionalGeneration
 
@@ -139,6 +155,8 @@ def main() -> None:
     parser.add_argument("--memory-steps", type=int, default=2)
     parser.add_argument("--peak-seconds", type=float, default=2.0, help="duration of the matmul peak measurement")
     parser.add_argument("--profile", action="store_true", help="print a torch.profiler table of one S2S step")
+    parser.add_argument("--per-step-weight-gradients", action="store_true",
+                        help="also time S2S with the step loop's weight gradients computed per step (A/B)")
     parser.add_argument("--seed", type=int, default=0, help="batch order")
     parser.add_argument("--length-grouping", default="source", choices=("source", "target"),
                         help="batch sort key, as the trainer's --length_grouping")
@@ -186,6 +204,10 @@ def main() -> None:
         implementations = {"s2s": make_step(model, False)}
         if args.bf16:
             implementations["s2s bf16"] = make_step(copy.deepcopy(model), False, bf16=True)
+        if args.per_step_weight_gradients:
+            implementations["s2s per-step wgrad"] = with_per_step_weight_gradients(
+                make_step(copy.deepcopy(model), False)
+            )
         if not args.no_reference:
             implementations["reference"] = make_step(reference, True)
         for step in implementations.values():
@@ -230,7 +252,8 @@ def main() -> None:
         for preset in ("base", "base_fused"):
             for name, rate in results.get(preset, {}).items():
                 if name != "reference":
-                    label = f"S2S {preset}" + (" (bf16 autocast)" if name == "s2s bf16" else "")
+                    suffix = {"s2s bf16": " (bf16 autocast)", "s2s per-step wgrad": " (per-step weight gradients)"}
+                    label = f"S2S {preset}" + suffix.get(name, "")
                     anchor_rows.append([label, round(rate), *(rate / a for a in ANCHORS.values())])
         print(format_table(["model", "tok/s", *(f"× {name} ({a:,.0f})" for name, a in ANCHORS.items())],
                            anchor_rows))
