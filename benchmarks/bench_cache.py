@@ -97,7 +97,7 @@ def main() -> None:
     first_step_ms = None
     for length in args.lengths:
         cached, cached_memory, output = timed_generate(model, input_ids, mask, length, True, args.repeats)
-        size = cache_bytes(output.past_key_values)
+        size = cache_bytes(output.cache)
         uncached, uncached_memory, uncached_output = timed_generate(
             model, input_ids, mask, length, False, args.uncached_repeats
         )

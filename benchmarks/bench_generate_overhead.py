@@ -1,7 +1,7 @@
 """Overhead of `model.generate()` over minimal hand-written decoding loops driving the same model.
 
 Both sides call the model's `forward` with `encoder_outputs` (encoded once) and the recurrent
-`past_key_values` (`S2SDecoderCache`) one token at a time; the minimal beam search reorders the cache with
+`cache` (`S2SDecoderCache`) one token at a time; the minimal beam search reorders the cache with
 `cache.reorder_cache(beam_idx)` as generate() does. The minimal loops follow generate()'s rules (greedy: finished
 rows are padded, stop when all rows have `</s>`; beam search: top 2·k candidates, finished hypotheses scored
 by log-probability ÷ length^length_penalty, a sentence is done when it has k finished hypotheses
@@ -54,8 +54,8 @@ def minimal_greedy(model, input_ids, attention_mask, max_new_tokens: int, min_ne
     cache = None
     for step in range(max_new_tokens):
         out = model(encoder_outputs=encoder_outputs, attention_mask=attention_mask, decoder_input_ids=tokens,
-                    past_key_values=cache, use_cache=True)
-        cache = out.past_key_values
+                    cache=cache, use_cache=True)
+        cache = out.cache
         logits = out.logits[:, -1]
         if step < min_new_tokens:
             logits[:, config.eos_token_id] = float("-inf")
@@ -83,8 +83,8 @@ def shrinking_greedy(model, input_ids, attention_mask, max_new_tokens: int, min_
     for step in range(max_new_tokens):
         # encoder_outputs only start the cache (first step); afterwards the cache and the mask carry the batch
         out = model(encoder_outputs=encoder_outputs, attention_mask=mask, decoder_input_ids=tokens,
-                    past_key_values=cache, use_cache=True)
-        cache = out.past_key_values
+                    cache=cache, use_cache=True)
+        cache = out.cache
         logits = out.logits[:, -1]
         if step < min_new_tokens:
             logits[:, config.eos_token_id] = float("-inf")
@@ -128,8 +128,8 @@ def minimal_beam(model, input_ids, attention_mask, num_beams: int, max_new_token
     cache = None
     for step in range(max_new_tokens):
         out = model(encoder_outputs=encoder_outputs, attention_mask=mask, decoder_input_ids=tokens,
-                    past_key_values=cache, use_cache=True)
-        cache = out.past_key_values
+                    cache=cache, use_cache=True)
+        cache = out.cache
         log_probs = F.log_softmax(out.logits[:, -1].float(), dim=-1)  # (B*k, V)
         if step < min_new_tokens:
             log_probs[:, eos] = float("-inf")

@@ -90,7 +90,7 @@ class S2SConfig(PreTrainedConfig):
     """
 
     model_type = "attention_s2s"
-    keys_to_ignore_at_inference = ["past_key_values", "encoder_last_hidden_state"]
+    keys_to_ignore_at_inference = ["cache", "encoder_last_hidden_state"]
     attribute_map = {"num_hidden_layers": "decoder_layers"}
 
     def __init__(

@@ -26,6 +26,7 @@ from transformers.generation import stopping_criteria as hf_criteria
 from transformers.generation.stopping_criteria import EosTokenCriteria
 from transformers.generation.utils import GenerateBeamEncoderDecoderOutput, GenerateEncoderDecoderOutput
 from transformers.modeling_outputs import ModelOutput, Seq2SeqLMOutput, Seq2SeqModelOutput
+from transformers.utils.deprecation import deprecate_kwarg
 
 from .configuration_s2s import ATTENTION_TYPES, S2SConfig
 
@@ -539,13 +540,13 @@ class S2SEncoderOutput(ModelOutput):
 class S2SDecoderOutput(ModelOutput):
     """Decoder outputs.
 
-    last_hidden_state: (B, T, H) attentional vectors; past_key_values: `S2SDecoderCache` when `use_cache`;
+    last_hidden_state: (B, T, H) attentional vectors; cache: `S2SDecoderCache` when `use_cache`;
     hidden_states: (embeddings, attentional vectors); attentions: self-attention weights (B, h, T, T_total);
     cross_attentions: source attention weights (B, h, T, S).
     """
 
     last_hidden_state: torch.FloatTensor | None = None
-    past_key_values: S2SDecoderCache | None = None
+    cache: S2SDecoderCache | None = None
     hidden_states: tuple[torch.FloatTensor, ...] | None = None
     attentions: tuple[torch.FloatTensor, ...] | None = None
     cross_attentions: tuple[torch.FloatTensor, ...] | None = None
@@ -562,7 +563,7 @@ class S2SPreTrainedModel(PreTrainedModel):
     main_input_name = "input_ids"
     supports_gradient_checkpointing = False
     _no_split_modules = ["S2SEncoder", "S2SDecoder"]
-    _skip_keys_device_placement = ["past_key_values"]
+    _skip_keys_device_placement = ["cache"]
     _is_stateful = True
 
     @torch.no_grad()
@@ -1018,18 +1019,19 @@ class S2SDecoder(nn.Module):
 
         return step
 
+    @deprecate_kwarg("past_key_values", version="6.0.0", new_name="cache")
     def forward(
         self,
         input_ids: torch.LongTensor,
         encoder_outputs: S2SEncoderOutput,
         encoder_attention_mask: torch.Tensor,
-        past_key_values: S2SDecoderCache | None = None,
+        cache: S2SDecoderCache | None = None,
         decoder_attention_mask: torch.Tensor | None = None,
         use_cache: bool = False,
         output_attentions: bool = False,
         output_hidden_states: bool = False,
     ) -> S2SDecoderOutput:
-        """Decode T target positions, continuing from `past_key_values` when given.
+        """Decode T target positions, continuing from `cache` when given.
 
         Args:
             input_ids: (B, T) decoder input ids.
@@ -1044,7 +1046,6 @@ class S2SDecoder(nn.Module):
                 f"`decoder_attention_mask` has shape {tuple(decoder_attention_mask.shape)} but `decoder_input_ids` "
                 f"have shape {tuple(input_ids.shape)}."
             )
-        cache = past_key_values
         if cache is None:
             cache = self.init_cache(encoder_outputs, encoder_attention_mask, batch_size=input_ids.shape[0])
         embeddings = self.embedding_dropout(self.embed_tokens(input_ids))
@@ -1062,7 +1063,7 @@ class S2SDecoder(nn.Module):
         cache.seen_tokens += input_ids.shape[1]
         return S2SDecoderOutput(
             last_hidden_state=outputs,
-            past_key_values=cache if use_cache else None,
+            cache=cache if use_cache else None,
             hidden_states=(embeddings, outputs) if output_hidden_states else None,
             attentions=(self_weights,) if output_attentions and self_weights is not None else None,
             cross_attentions=(cross_weights,) if output_attentions else None,
@@ -1158,7 +1159,7 @@ class _LiveBeams:
         generated = int(((beam_indices + 1).bool()).sum(dim=1).max())
         sequences, beam_indices = sequences[:, : prompt_length + generated], beam_indices[:, :generated]
         if generation_config.return_dict_in_generate:
-            return GenerateBeamEncoderDecoderOutput(sequences=sequences, beam_indices=beam_indices, past_key_values=cache)
+            return GenerateBeamEncoderDecoderOutput(sequences=sequences, beam_indices=beam_indices, cache=cache)
         return sequences
 
 
@@ -1271,6 +1272,7 @@ class S2SModel(S2SPreTrainedModel):
     def get_decoder(self, modality: str | None = None) -> S2SDecoder:
         return self.decoder
 
+    @deprecate_kwarg("past_key_values", version="6.0.0", new_name="cache")
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -1278,7 +1280,7 @@ class S2SModel(S2SPreTrainedModel):
         decoder_input_ids: torch.LongTensor | None = None,
         decoder_attention_mask: torch.Tensor | None = None,
         encoder_outputs: S2SEncoderOutput | None = None,
-        past_key_values: S2SDecoderCache | None = None,
+        cache: S2SDecoderCache | None = None,
         inputs_embeds: torch.FloatTensor | None = None,
         use_cache: bool | None = None,
         output_attentions: bool | None = None,
@@ -1287,7 +1289,7 @@ class S2SModel(S2SPreTrainedModel):
     ) -> Seq2SeqModelOutput | tuple:
         """Encode (unless `encoder_outputs` are given) and decode `decoder_input_ids` (B, T).
 
-        Returns `Seq2SeqModelOutput` with `last_hidden_state` (B, T, H) attentional vectors, `past_key_values`
+        Returns `Seq2SeqModelOutput` with `last_hidden_state` (B, T, H) attentional vectors, `cache`
         (`S2SDecoderCache`) when `use_cache`, `cross_attentions` ((B, h, T, S),) when `output_attentions`.
         """
         use_cache = self.config.use_cache if use_cache is None else use_cache
@@ -1312,13 +1314,13 @@ class S2SModel(S2SPreTrainedModel):
                 f"{type(encoder_outputs).__name__}, which lacks the final encoder states the decoder starts from."
             )
         source_mask = attention_mask if attention_mask is not None else encoder_outputs.attention_mask
-        if past_key_values is not None and not isinstance(past_key_values, S2SDecoderCache):
-            past_key_values = None  # e.g. an empty transformers Cache: the recurrent state starts from the bridge
+        if cache is not None and not isinstance(cache, S2SDecoderCache):
+            cache = None  # e.g. an empty transformers Cache: the recurrent state starts from the bridge
         decoder_outputs = self.decoder(
             decoder_input_ids,
             encoder_outputs,
             source_mask,
-            past_key_values=past_key_values,
+            cache=cache,
             decoder_attention_mask=decoder_attention_mask,
             use_cache=use_cache,
             output_attentions=output_attentions,
@@ -1326,7 +1328,7 @@ class S2SModel(S2SPreTrainedModel):
         )
         output = Seq2SeqModelOutput(
             last_hidden_state=decoder_outputs.last_hidden_state,
-            past_key_values=decoder_outputs.past_key_values,
+            cache=decoder_outputs.cache,
             decoder_hidden_states=decoder_outputs.hidden_states,
             decoder_attentions=decoder_outputs.attentions,
             cross_attentions=decoder_outputs.cross_attentions,
@@ -1454,6 +1456,7 @@ class S2SForConditionalGeneration(S2SPreTrainedModel, GenerationMixin):
             denominator = denominator.to(loss.device)
         return loss / denominator
 
+    @deprecate_kwarg("past_key_values", version="6.0.0", new_name="cache")
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -1461,7 +1464,7 @@ class S2SForConditionalGeneration(S2SPreTrainedModel, GenerationMixin):
         decoder_input_ids: torch.LongTensor | None = None,
         decoder_attention_mask: torch.Tensor | None = None,
         encoder_outputs: S2SEncoderOutput | None = None,
-        past_key_values: S2SDecoderCache | None = None,
+        cache: S2SDecoderCache | None = None,
         inputs_embeds: torch.FloatTensor | None = None,
         labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
@@ -1489,10 +1492,10 @@ class S2SForConditionalGeneration(S2SPreTrainedModel, GenerationMixin):
                 )
             if self.training:
                 label_span = _label_span_mask(labels)
-        active_rows = past_key_values.active_rows if isinstance(past_key_values, S2SDecoderCache) else None
+        active_rows = cache.active_rows if isinstance(cache, S2SDecoderCache) else None
         if active_rows is not None:
             return self._forward_active_rows(
-                decoder_input_ids, attention_mask, encoder_outputs, past_key_values, return_dict
+                decoder_input_ids, attention_mask, encoder_outputs, cache, return_dict
             )
         outputs = self.model(
             input_ids=input_ids,
@@ -1500,7 +1503,7 @@ class S2SForConditionalGeneration(S2SPreTrainedModel, GenerationMixin):
             decoder_input_ids=decoder_input_ids,
             decoder_attention_mask=decoder_attention_mask,
             encoder_outputs=encoder_outputs,
-            past_key_values=past_key_values,
+            cache=cache,
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
             output_attentions=output_attentions,
@@ -1510,12 +1513,12 @@ class S2SForConditionalGeneration(S2SPreTrainedModel, GenerationMixin):
         if label_span is not None:
             logits, loss = self._span_logits_and_loss(outputs.last_hidden_state, labels, label_span, num_items_in_batch)
         else:
-            logits = self._vocabulary_logits(outputs.last_hidden_state, outputs.past_key_values)
+            logits = self._vocabulary_logits(outputs.last_hidden_state, outputs.cache)
             loss = self._loss(logits, labels, num_items_in_batch) if labels is not None else None
         output = Seq2SeqLMOutput(
             loss=loss,
             logits=logits,
-            past_key_values=outputs.past_key_values,
+            cache=outputs.cache,
             decoder_hidden_states=outputs.decoder_hidden_states,
             decoder_attentions=outputs.decoder_attentions,
             cross_attentions=outputs.cross_attentions,
@@ -1583,7 +1586,7 @@ class S2SForConditionalGeneration(S2SPreTrainedModel, GenerationMixin):
         """
         batch_size, length = input_ids.shape
         outputs = self._prefill(input_ids, generation_config, model_kwargs)  # the whole prompt, every row
-        cache = outputs.past_key_values
+        cache = outputs.cache
         encoder_outputs = model_kwargs["encoder_outputs"]
         source_mask = model_kwargs.get("attention_mask")
         if source_mask is None:
@@ -1609,12 +1612,12 @@ class S2SForConditionalGeneration(S2SPreTrainedModel, GenerationMixin):
                 source_mask = source_mask[keep] if source_mask is not None else None
                 cache.batch_select_indices(keep)
             step = self.model.decoder(
-                next_tokens[:, None], encoder_outputs, source_mask, past_key_values=cache, use_cache=True
+                next_tokens[:, None], encoder_outputs, source_mask, cache=cache, use_cache=True
             )
             logits = self._vocabulary_logits(step.last_hidden_state[:, -1], cache).float()
         sequences = sequences[:, :length]
         if generation_config.return_dict_in_generate:
-            return GenerateEncoderDecoderOutput(sequences=sequences, past_key_values=cache)
+            return GenerateEncoderDecoderOutput(sequences=sequences, cache=cache)
         return sequences
 
     def _beam_search(
@@ -1675,7 +1678,7 @@ class S2SForConditionalGeneration(S2SPreTrainedModel, GenerationMixin):
         live = _LiveBeams.start(input_ids, batch_size, num_beams, max_length, fill_value)
         final = _LiveBeams.start(input_ids, batch_size, num_beams, max_length, fill_value)
         outputs = self._prefill(input_ids, config, model_kwargs)  # every beam of every sentence
-        cache, logits = outputs.past_key_values, outputs.logits[:, -1]
+        cache, logits = outputs.cache, outputs.logits[:, -1]
         del outputs
         encoder_outputs = model_kwargs["encoder_outputs"]
         source_mask = model_kwargs.get("attention_mask")
@@ -1738,7 +1741,7 @@ class S2SForConditionalGeneration(S2SPreTrainedModel, GenerationMixin):
                 cache.batch_select_indices(rows)
                 source_mask = source_mask[rows] if source_mask is not None else None
             tokens = live.running_sequences[:, :, cur_len - 1].reshape(-1, 1)
-            step = self.model.decoder(tokens, encoder_outputs, source_mask, past_key_values=cache, use_cache=True)
+            step = self.model.decoder(tokens, encoder_outputs, source_mask, cache=cache, use_cache=True)
             logits = self._vocabulary_logits(step.last_hidden_state[:, -1], cache)
         return final.output(config, prompt_length, cache)
 
@@ -1763,7 +1766,7 @@ class S2SForConditionalGeneration(S2SPreTrainedModel, GenerationMixin):
     def prepare_inputs_for_generation(
         self,
         input_ids: torch.LongTensor,
-        past_key_values: S2SDecoderCache | None = None,
+        cache: S2SDecoderCache | None = None,
         finished_rows_eos_token_ids: torch.Tensor | None = None,
         **kwargs,
     ) -> dict:
@@ -1771,14 +1774,14 @@ class S2SForConditionalGeneration(S2SPreTrainedModel, GenerationMixin):
 
         Greedy/sampling: rows whose newest token (B, t)[:, -1] is EOS. Beam search: the beams of settled sentences.
         """
-        if isinstance(past_key_values, S2SDecoderCache):
+        if isinstance(cache, S2SDecoderCache):
             if finished_rows_eos_token_ids is not None:
                 finished = torch.isin(input_ids[:, -1], finished_rows_eos_token_ids.to(input_ids.device))
-                past_key_values.drop_finished_rows(finished)
+                cache.drop_finished_rows(finished)
             elif self._settled_sentences is not None:
                 num_beams = input_ids.shape[0] // self._settled_sentences.shape[0]
-                past_key_values.drop_finished_rows(self._settled_sentences.repeat_interleave(num_beams))
-        return super().prepare_inputs_for_generation(input_ids, past_key_values=past_key_values, **kwargs)
+                cache.drop_finished_rows(self._settled_sentences.repeat_interleave(num_beams))
+        return super().prepare_inputs_for_generation(input_ids, cache=cache, **kwargs)
 
     def _forward_active_rows(
         self,
@@ -1808,7 +1811,7 @@ class S2SForConditionalGeneration(S2SPreTrainedModel, GenerationMixin):
                 decoder_input_ids=decoder_input_ids[rows],
                 attention_mask=source_mask,
                 encoder_outputs=encoder_outputs,
-                past_key_values=cache,
+                cache=cache,
                 use_cache=True,
                 return_dict=True,
             )
@@ -1822,7 +1825,7 @@ class S2SForConditionalGeneration(S2SPreTrainedModel, GenerationMixin):
         if active_logits is not None:
             logits.index_copy_(0, rows, active_logits)
         output = Seq2SeqLMOutput(
-            logits=logits, past_key_values=cache, encoder_last_hidden_state=encoder_outputs.last_hidden_state
+            logits=logits, cache=cache, encoder_last_hidden_state=encoder_outputs.last_hidden_state
         )
         return output if return_dict else output.to_tuple()
 

@@ -56,7 +56,7 @@ def test_defaults_are_valid_and_documented_values():
         1,
     )
     assert config.num_hidden_layers == config.decoder_layers
-    assert "past_key_values" in config.keys_to_ignore_at_inference
+    assert "cache" in config.keys_to_ignore_at_inference
 
 
 @pytest.mark.parametrize(

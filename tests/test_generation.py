@@ -88,10 +88,10 @@ def _manual_greedy(model, ids, max_new_tokens):
             out = model(
                 encoder_outputs=encoder_outputs,
                 decoder_input_ids=torch.tensor([[tokens[-1]]]),
-                past_key_values=cache,
+                cache=cache,
                 use_cache=True,
             )
-            cache = out.past_key_values
+            cache = out.cache
             tokens.append(int(out.logits[0, -1].argmax()))
             if tokens[-1] == EOS:
                 break
@@ -403,7 +403,7 @@ def test_greedy_search_continues_a_decoder_prompt_and_returns_a_dict(monkeypatch
     ours, theirs, our_rows, _ = _ours_and_transformers(monkeypatch, model, ids, mask, **kwargs)
     assert torch.equal(ours.sequences, theirs.sequences)
     assert torch.equal(ours.sequences[:, :2], prompt)
-    assert isinstance(ours.past_key_values, S2SDecoderCache)
+    assert isinstance(ours.cache, S2SDecoderCache)
 
 
 def test_a_processor_that_keeps_state_per_batch_row_gets_transformers_loop(monkeypatch):
@@ -537,13 +537,13 @@ def test_rows_that_left_get_pad_certain_logits_at_every_later_step():
     with torch.no_grad():
         encoder_outputs = model.get_encoder()(input_ids=ids, attention_mask=mask)
         start = torch.full((3, 1), BOS)
-        kept = model(encoder_outputs=encoder_outputs, decoder_input_ids=start, use_cache=True).past_key_values
-        cache = model(encoder_outputs=encoder_outputs, decoder_input_ids=start, use_cache=True).past_key_values
+        kept = model(encoder_outputs=encoder_outputs, decoder_input_ids=start, use_cache=True).cache
+        cache = model(encoder_outputs=encoder_outputs, decoder_input_ids=start, use_cache=True).cache
         results = []
         for finished in ([False, True, False], [True, True, False], [True, True, True]):
             cache.drop_finished_rows(torch.tensor(finished))
-            pruned = model(encoder_outputs=encoder_outputs, decoder_input_ids=steps, past_key_values=cache).logits
-            full = model(encoder_outputs=encoder_outputs, decoder_input_ids=steps, past_key_values=kept).logits
+            pruned = model(encoder_outputs=encoder_outputs, decoder_input_ids=steps, cache=cache).logits
+            full = model(encoder_outputs=encoder_outputs, decoder_input_ids=steps, cache=kept).logits
             results.append((finished, pruned.clone(), full))
     for finished, pruned, full in results:
         for row, done in enumerate(finished):
@@ -560,14 +560,14 @@ def test_forward_with_every_row_finished_makes_pad_certain():
     with torch.no_grad():
         encoder_outputs = model.get_encoder()(input_ids=ids, attention_mask=mask)
         start = torch.full((2, 1), BOS)
-        cache = model(encoder_outputs=encoder_outputs, decoder_input_ids=start, use_cache=True).past_key_values
+        cache = model(encoder_outputs=encoder_outputs, decoder_input_ids=start, use_cache=True).cache
         cache.drop_finished_rows(torch.tensor([True, True]))
-        logits = model(encoder_outputs=encoder_outputs, decoder_input_ids=start, past_key_values=cache).logits
+        logits = model(encoder_outputs=encoder_outputs, decoder_input_ids=start, cache=cache).logits
     assert logits.shape == (2, 1, model.config.decoder_vocab_size)
     assert torch.equal(logits.argmax(-1), torch.full((2, 1), PAD))
     assert torch.equal(logits.softmax(-1)[..., PAD], torch.ones(2, 1))
     with pytest.raises(ValueError, match="dropped finished rows"):
-        model(input_ids=ids, attention_mask=mask, decoder_input_ids=start, past_key_values=cache)
+        model(input_ids=ids, attention_mask=mask, decoder_input_ids=start, cache=cache)
 
 
 def _generate_capturing_caches(monkeypatch, model, ids, mask, **kwargs):
@@ -636,13 +636,13 @@ def test_a_copied_cache_rebuilds_its_packed_weights():
     ids, mask = random_ids(SOURCE_LENGTHS)
     with torch.no_grad():
         out = model(input_ids=ids, attention_mask=mask, decoder_input_ids=torch.full((3, 1), BOS), use_cache=True)
-        cache = out.past_key_values
+        cache = out.cache
         assert cache.packed_weights._weights  # used by that first step
         copied = copy.deepcopy(cache)
         assert copied.packed_weights is not None and not copied.packed_weights._weights
         step = torch.full((3, 1), FIRST_REAL)
-        expected = model(input_ids=ids, attention_mask=mask, decoder_input_ids=step, past_key_values=cache,
+        expected = model(input_ids=ids, attention_mask=mask, decoder_input_ids=step, cache=cache,
                          use_cache=True).logits
-        again = model(input_ids=ids, attention_mask=mask, decoder_input_ids=step, past_key_values=copied,
+        again = model(input_ids=ids, attention_mask=mask, decoder_input_ids=step, cache=copied,
                       use_cache=True).logits
     torch.testing.assert_close(again, expected, atol=0, rtol=0)

@@ -49,11 +49,11 @@ def _step_by_step(model, encoder_outputs, decoder_input_ids, chunks=None):
         out = model(
             encoder_outputs=encoder_outputs,
             decoder_input_ids=decoder_input_ids[:, start : start + size],
-            past_key_values=cache,
+            cache=cache,
             use_cache=True,
         )
-        assert isinstance(out.past_key_values, S2SDecoderCache)
-        cache = out.past_key_values
+        assert isinstance(out.cache, S2SDecoderCache)
+        cache = out.cache
         logits.append(out.logits)
         start += size
     assert start == length and cache.get_seq_length() == length
@@ -132,6 +132,20 @@ def test_step_by_step_equals_full_forward(options):
     with torch.no_grad():
         trained = model(input_ids=ids, attention_mask=mask, decoder_input_ids=decoder_input_ids).logits
     assert not torch.allclose(trained, full, atol=ATOL)
+
+
+def test_cache_passed_under_its_pre_5_24_name_past_key_values_still_continues_decoding():
+    """transformers 5.24 renamed `past_key_values` to `cache`; code written against the old name keeps working."""
+    model = make_model(attention_type="general", input_feeding=True)
+    ids, mask = random_ids(SOURCE_LENGTHS)
+    decoder_input_ids = _decoder_inputs(model, len(SOURCE_LENGTHS), 3)
+    with torch.no_grad():
+        full = model(input_ids=ids, attention_mask=mask, decoder_input_ids=decoder_input_ids).logits
+        first = model(input_ids=ids, attention_mask=mask, decoder_input_ids=decoder_input_ids[:, :2], use_cache=True)
+        rest = model(input_ids=ids, attention_mask=mask, decoder_input_ids=decoder_input_ids[:, 2:],
+                     past_key_values=first.cache, use_cache=True)
+    assert rest.cache is first.cache and rest.cache.get_seq_length() == 3
+    torch.testing.assert_close(rest.logits, full[:, 2:], atol=ATOL, rtol=0)
 
 
 @pytest.mark.parametrize("options", GRID, ids=grid_id)
@@ -302,7 +316,7 @@ def test_base_model_outputs_and_tuple_return():
     hidden = model.config.hidden_size
     assert out.last_hidden_state.shape == (3, 4, hidden)
     assert out.encoder_last_hidden_state.shape == (3, ids.shape[1], hidden)
-    assert isinstance(out.past_key_values, S2SDecoderCache)
+    assert isinstance(out.cache, S2SDecoderCache)
     assert out.decoder_hidden_states[-1].shape == (3, 4, hidden)
     assert out.encoder_hidden_states[0].shape == (3, ids.shape[1], model.config.embedding_size)
     assert isinstance(as_tuple, tuple)
