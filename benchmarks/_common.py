@@ -112,6 +112,20 @@ def _fmt(value: Any) -> str:
 # ---------------------------------------------------------------------------------------------------------------
 
 
+@contextlib.contextmanager
+def plain_matmuls():
+    """The decoder without `PackedWeights` (decoding and training): every matmul through `F.linear` (MKL for fp32
+    on CPU), for the A/B of the oneDNN step matmuls."""
+    from modeling_s2s.modeling_s2s import S2SDecoder
+
+    saved = S2SDecoder.__dict__["_can_pack_weights"]
+    try:
+        S2SDecoder._can_pack_weights = lambda self: False
+        yield
+    finally:
+        S2SDecoder._can_pack_weights = saved
+
+
 def load_pairs(split: str) -> tuple[list[str], list[str]]:
     from modeling_s2s.data import load_parallel_data
 

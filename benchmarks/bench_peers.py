@@ -33,6 +33,8 @@ Needs OpenNMT-py installed in some Python (it pins torch < 2.3; here it runs aga
 
     python benchmarks/bench_peers.py --onmt-python /tmp/onmt-venv/bin/python            # about 12 minutes
     python benchmarks/bench_peers.py --onmt-python /tmp/onmt-venv/bin/python --steps 60 --max-sentences 128
+    python benchmarks/bench_peers.py --onmt-python /tmp/onmt-venv/bin/python \
+        --ours base base_fused base:bf16 base_fused:bf16      # also the fused path and bf16 autocast, one epoch each
 """
 
 from __future__ import annotations
@@ -201,12 +203,17 @@ def onmt_translate(
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def train_ours(tokenizer, steps: int, warmup: int, seed: int, grouping: str):
+OUR_VARIANTS = ("base", "base_fused", "base:bf16", "base_fused:bf16")
+
+
+def train_ours(tokenizer, steps: int, warmup: int, seed: int, grouping: str, variant: str = "base"):
+    """Train our model of `variant` (a preset, with ":bf16" under CPU bf16 autocast as Trainer's --bf16)."""
     from _common import build_model
 
+    preset, _, precision = variant.partition(":")
     batches = training_batches(tokenizer, seed=seed, grouping=grouping)
-    model = build_model("base", tokenizer, seed=seed)
-    step = make_step(model, is_reference=False)
+    model = build_model(preset, tokenizer, seed=seed)
+    step = make_step(model, is_reference=False, bf16=precision == "bf16")
     tokens, seconds = 0, 0.0
     for index in range(steps):
         batch = batches[index % len(batches)]
@@ -226,9 +233,16 @@ def main() -> None:
     parser.add_argument("--max-sentences", type=int, default=1000, help="test sentences to translate")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--no-decode", action="store_true", help="training only")
+    parser.add_argument("--ours", nargs="+", default=["base"], choices=OUR_VARIANTS,
+                        help="our models to train, one after the other, each for --steps steps (':bf16' = under CPU "
+                             "bf16 autocast, as the trainer's --bf16; OpenNMT-py 3.5.1 has mixed precision only on "
+                             "CUDA). The first decodes, in fp32.")
     parser.add_argument("--length-grouping", default="source", choices=("source", "target"),
                         help="our batches' sort key, as the trainer's --length_grouping")
     parser.add_argument("--workdir", default=str(CACHE_DIR / "peers"))
+    parser.add_argument("--save-model", metavar="DIR",
+                        help="also save the decoding model with its tokenizer to DIR (for bench_decoding.py "
+                             "--model_dir and bench_generate_overhead.py)")
     parser.add_argument("--default-malloc", action="store_true",
                         help="leave glibc's allocator as it is for both toolkits (by default both keep freed memory "
                              "for reuse, as scripts/train.py does: ours by mallopt, OpenNMT-py by glibc's "
@@ -260,15 +274,22 @@ def main() -> None:
     config = onmt_config(files, workdir, args.steps, args.seed)
     onmt = onmt_train(args.onmt_python, config, args.threads, workdir, keep_freed_memory)
     print(f"onmt_train: {onmt['tok/s']:,.0f} target tok/s (its reports), {onmt['wall']:.0f} s in all", flush=True)
-    model, ours = train_ours(tokenizer, args.steps, warmup=10, seed=args.seed, grouping=args.length_grouping)
-    print(f"S2S base:   {ours['tok/s']:,.0f} target tok/s", flush=True)
+    training_rows, model = [["OpenNMT-py 3.5.1", "fp32", onmt["tok/s"], 1.0]], None
+    for variant in args.ours:
+        trained, ours = train_ours(
+            tokenizer, args.steps, warmup=10, seed=args.seed, grouping=args.length_grouping, variant=variant
+        )
+        model = model or trained.float()
+        preset, _, precision = variant.partition(":")
+        print(f"S2S {variant}: {ours['tok/s']:,.0f} target tok/s", flush=True)
+        training_rows.append([f"S2S {preset}", precision or "fp32", ours["tok/s"], ours["tok/s"] / onmt["tok/s"]])
 
+    if args.save_model:
+        model.save_pretrained(args.save_model)
+        tokenizer.save_pretrained(args.save_model)
     print("\n## Training (target tokens/s, same shape, batches of 64 sentences (each toolkit's own length "
-          "grouping), fp32)\n")
-    print(format_table(
-        ["toolkit", "tok/s", "× OpenNMT-py"],
-        [["OpenNMT-py 3.5.1", onmt["tok/s"], 1.0], ["S2S base", ours["tok/s"], ours["tok/s"] / onmt["tok/s"]]],
-    ))
+          "grouping); base_fused = the same without input feeding)\n")
+    print(format_table(["toolkit", "precision", "tok/s", "× OpenNMT-py"], training_rows))
     if args.no_decode:
         print_footer()
         return
@@ -291,8 +312,8 @@ def main() -> None:
         decode_rows.append([beams, "S2S generate()", result["seconds"], result["tokens"], ours_tps,
                             ours_tps / onmt_tps, bleu(tokenizer, result["outputs"], references)])
 
-    print(f"\n## Decoding test_2016_flickr ({len(sources)} sentences, batch 64, max 80 tokens, fp32, models after "
-          f"{args.steps} training steps)\n")
+    print(f"\n## Decoding test_2016_flickr ({len(sources)} sentences, batch 64, max 80 tokens, fp32; S2S "
+          f"{args.ours[0]}; models after {args.steps} training steps)\n")
     print(format_table(["beams", "toolkit", "seconds", "tokens", "tok/s", "× OpenNMT-py", "BLEU"], decode_rows))
     print_footer()
 

@@ -39,6 +39,7 @@ from _common import (
     get_tokenizer,
     matmul_peak_gflops,
     peak_rss_mb,
+    plain_matmuls,
     preset_kwargs,
     print_footer,
     print_header,
@@ -106,6 +107,17 @@ def with_per_step_weight_gradients(step):
     return run
 
 
+def with_plain_matmuls(step):
+    """`step` with the decoder's step-loop matmuls through `F.linear` instead of oneDNN with reordered weights
+    (for the A/B of `--plain-matmuls`)."""
+
+    def run(batch: dict[str, torch.Tensor]) -> float:
+        with plain_matmuls():
+            return step(batch)
+
+    return run
+
+
 def build_pair(preset: str, config_kwargs: dict[str, Any]):
     from modeling_s2s import S2SConfig, S2SForConditionalGeneration
 
@@ -161,6 +173,9 @@ def main() -> None:
     parser.add_argument("--length-grouping", default="source", choices=("source", "target"),
                         help="batch sort key, as the trainer's --length_grouping")
     parser.add_argument("--bf16", action="store_true", help="also time the S2S model under CPU bf16 autocast")
+    parser.add_argument("--plain-matmuls", action="store_true",
+                        help="also time the S2S model with its step-loop matmuls through F.linear instead of oneDNN "
+                             "with reordered weights (PackedWeights)")
     parser.add_argument("--default-malloc", action="store_true",
                         help="leave glibc's allocator as it is (the training scripts call "
                              "modeling_s2s.training.keep_freed_memory_for_reuse, and so does this script by default)")
@@ -208,6 +223,8 @@ def main() -> None:
             implementations["s2s per-step wgrad"] = with_per_step_weight_gradients(
                 make_step(copy.deepcopy(model), False)
             )
+        if args.plain_matmuls:
+            implementations["s2s F.linear"] = with_plain_matmuls(make_step(copy.deepcopy(model), False))
         if not args.no_reference:
             implementations["reference"] = make_step(reference, True)
         for step in implementations.values():
@@ -252,7 +269,8 @@ def main() -> None:
         for preset in ("base", "base_fused"):
             for name, rate in results.get(preset, {}).items():
                 if name != "reference":
-                    suffix = {"s2s bf16": " (bf16 autocast)", "s2s per-step wgrad": " (per-step weight gradients)"}
+                    suffix = {"s2s bf16": " (bf16 autocast)", "s2s per-step wgrad": " (per-step weight gradients)",
+                              "s2s F.linear": " (F.linear step matmuls)"}
                     label = f"S2S {preset}" + suffix.get(name, "")
                     anchor_rows.append([label, round(rate), *(rate / a for a in ANCHORS.values())])
         print(format_table(["model", "tok/s", *(f"× {name} ({a:,.0f})" for name, a in ANCHORS.items())],
