@@ -13,7 +13,8 @@ Measured side by side in one run:
   with AVX-512 BF16 or AMX the matmuls run at about twice the fp32 rate), with BLEU before/after;
 - optionally (`--compile`) `torch.compile` of the decoder module;
 - generate() with every matmul through `F.linear` ("F.linear": the model's `PackedWeights`, oneDNN matmuls with
-  weights reordered once per call, switched off);
+  weights reordered once and reused while the weights are unchanged, switched off), and with the weights
+  reordered at every call ("reorder per call", as before the reuse);
 - generate() as transformers runs it ("keep finished": `GenerationMixin._sample`/`_beam_search` put back, so every
   row of a batch is computed until its last row ends, and the encoder outputs are copied once per beam) next to
   the model's own loops, which run only unfinished rows (greedy) and unsettled sentences (beam search);
@@ -135,6 +136,19 @@ def prefill_per_beam():
         yield
     finally:
         S2SForConditionalGeneration._prefill_once_per_sentence = saved
+
+
+@contextlib.contextmanager
+def reorder_every_call():
+    """generate() reordering the weights for oneDNN at every call instead of reusing the previous call's."""
+    from modeling_s2s.modeling_s2s import PackedWeights, S2SDecoder
+
+    saved = S2SDecoder.__dict__["_reusable_packed_weights"]
+    try:
+        S2SDecoder._reusable_packed_weights = lambda self: PackedWeights()
+        yield
+    finally:
+        S2SDecoder._reusable_packed_weights = saved
 
 
 def join_sentences(texts: list[str], n: int) -> list[str]:
@@ -317,8 +331,13 @@ def main() -> None:
             with plain_matmuls():
                 return runner.generate(model, ids, mask, beams)
 
+        def reorder_fn(ids, mask, beams=beams):
+            with reorder_every_call():
+                return runner.generate(model, ids, mask, beams)
+
         fns["generate() keep finished"] = keep_finished_fn
         fns["generate() F.linear"] = plain_fn
+        fns["generate() reorder per call"] = reorder_fn
         if beams > 1:
 
             def copies_fn(ids, mask, beams=beams):
@@ -350,8 +369,8 @@ def main() -> None:
         results.update({
             (name, batch_size, beams): result for name, result in runner.run_alternating(fns, batches, n).items()
         })
-        names = [*variants, "generate() F.linear", "generate() keep finished", "generate() beam copies",
-                 "generate() prefill per beam", "loop dropping finished", "naive reference"]
+        names = [*variants, "generate() F.linear", "generate() reorder per call", "generate() keep finished",
+                 "generate() beam copies", "generate() prefill per beam", "loop dropping finished", "naive reference"]
         for name in names:
             result = results.get((name, batch_size, beams))
             if result is None:

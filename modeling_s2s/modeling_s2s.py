@@ -334,6 +334,17 @@ class _DeferredWeightGradient(torch.autograd.Function):
         return grads.t() @ inputs, grads.sum(0) if ctx.has_bias else None, None
 
 
+def _fingerprint(tensor: torch.Tensor) -> tuple | None:
+    """What changes when `tensor`'s values do: its storage, its version counter (bumped by every in-place
+    operation) and a sum over 64 of its elements spread across it (for writes through `.data`, which bypass the
+    version counter). None for inference tensors, which keep no version counter."""
+    if tensor.is_inference():
+        return None
+    flat = tensor.detach().reshape(-1)
+    sample = float(flat[:: max(1, flat.numel() // 64)].sum())
+    return tensor.data_ptr(), tensor._version, sample
+
+
 class PackedWeights:
     """Weights reordered once into oneDNN's blocked layout, reused by every step of one decoder call.
 
@@ -342,13 +353,24 @@ class PackedWeights:
     fp32 matmul (MKL) on the project's AMD AVX-512 machine (`benchmarks/README.md`, fifth session). Used for fp32
     on CPU outside autocast (`available`), in training too (the input's gradient goes through the reordered Wᵀ,
     the weight's gradient is a plain matmul); results equal `F.linear` up to float rounding. A weight is
-    reordered on first use; copies start empty.
+    reordered on first use; copies start empty. `is_current` tells whether every parameter a weight was derived
+    from is unchanged since, so that decoding can reuse the reordered weights from one `generate()` call to the
+    next.
     """
 
     def __init__(self):
         self._reordered: dict[str, torch.Tensor] = {}
         self._weights: dict[str, tuple[torch.Tensor, torch.Tensor | None]] = {}
         self._pairs: dict[str, list] = {}  # per weight in training: the steps' (output gradient, input) pairs
+        self._sources: dict[str, tuple[tuple[torch.Tensor, tuple | None], ...]] = {}  # parameters, fingerprints
+
+    def is_current(self) -> bool:
+        """Whether every parameter behind the weights reordered so far still holds what it held then."""
+        return all(
+            fingerprint is not None and _fingerprint(tensor) == fingerprint
+            for sources in self._sources.values()
+            for tensor, fingerprint in sources
+        )
 
     @staticmethod
     def available(weight: torch.Tensor) -> bool:
@@ -369,11 +391,17 @@ class PackedWeights:
             self._reordered[name] = torch.ops.mkldnn._reorder_linear_weight(weight.detach().contiguous(), None)
         return self._reordered[name]
 
-    def linear(self, name: str, x: torch.Tensor, weight_and_bias, activation: str = "none") -> torch.Tensor:
-        """`F.linear(x, *weight_and_bias())`, then `activation` ("none" or "tanh"). `weight_and_bias` is called
-        once per `name`: later calls reuse its tensors (and their autograd history)."""
+    def linear(
+        self, name: str, x: torch.Tensor, sources: tuple[torch.Tensor | None, ...], derive=None,
+        activation: str = "none",
+    ) -> torch.Tensor:
+        """`F.linear(x, weight, bias)`, then `activation` ("none" or "tanh"). (weight, bias) are `sources` itself, or
+        `derive(*sources)` (e.g. two weights side by side). They are made once per `name`: later calls reuse the
+        tensors (and their autograd history)."""
         if name not in self._weights:
-            self._weights[name] = self._deferring_gradients(name, *weight_and_bias())
+            self._sources[name] = tuple((t, _fingerprint(t)) for t in sources if t is not None)
+            weight_and_bias = derive(*sources) if derive is not None else sources
+            self._weights[name] = self._deferring_gradients(name, *weight_and_bias)
         weight, bias = self._weights[name]
         needs_grad = torch.is_grad_enabled() and (
             x.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad)
@@ -396,10 +424,16 @@ class PackedWeights:
         """Apply an `nn.Linear` (or `nn.Identity`) `module` to `x`."""
         if isinstance(module, nn.Identity):
             return torch.tanh(x) if activation == "tanh" else x
-        return self.linear(name, x, lambda: (module.weight, module.bias), activation)
+        return self.linear(name, x, (module.weight, module.bias), activation=activation)
 
     def __deepcopy__(self, memo) -> PackedWeights:
         return PackedWeights()  # reordered oneDNN tensors cannot be copied; they are rebuilt on demand
+
+    def __getstate__(self) -> dict:
+        return {}  # nor pickled (torch.save of a whole model): the unpickled object starts empty
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__()
 
 
 def _runs_within_groups(indices: torch.Tensor, group: int) -> bool:
@@ -742,6 +776,7 @@ class S2SDecoder(nn.Module):
         combine_inputs = hidden * (3 if config.decoder_self_attention else 2)
         self.combine = nn.Linear(combine_inputs, hidden, bias=False)
         self.output_dropout = nn.Dropout(config.dropout)
+        self._decoding_weights: PackedWeights | None = None  # reordered by the last generate() call
 
     @staticmethod
     def _build_attention(config: S2SConfig) -> S2SAttention:
@@ -817,8 +852,16 @@ class S2SDecoder(nn.Module):
         if torch.is_grad_enabled():
             return PackedWeights() if positions > 1 else None
         if cache.packed_weights is None:
-            cache.packed_weights = PackedWeights()
+            cache.packed_weights = self._reusable_packed_weights()
         return cache.packed_weights
+
+    def _reusable_packed_weights(self) -> PackedWeights:
+        """The decoding `PackedWeights` of the previous call while every parameter behind them is unchanged, else
+        new ones. Reordering the weights costs about as much as a few decoding steps (most of a one-sentence
+        `generate()` call's overhead), so calls after the first skip it."""
+        if self._decoding_weights is None or not self._decoding_weights.is_current():
+            self._decoding_weights = PackedWeights()
+        return self._decoding_weights
 
     def _can_pack_weights(self) -> bool:
         # float nn.Linear / RNN weights only: a dynamically quantised or otherwise replaced module keeps its own path
@@ -965,7 +1008,7 @@ class S2SDecoder(nn.Module):
                 recurrent_input = torch.cat([*extra_inputs, hidden], dim=-1)
                 if packed is None:
                     return _lstm_pointwise(embedding_gates[t] + F.linear(recurrent_input, w_recurrent, b_hh0), cell)
-                recurrent = packed.linear("rnn.0.recurrent", recurrent_input, lambda: (w_recurrent, b_hh0))
+                recurrent = packed.linear("rnn.0.recurrent", recurrent_input, (w_recurrent, b_hh0))
                 return _lstm_pointwise(embedding_gates[t] + recurrent, cell)
             gates = embedding_gates[t]
             if extra_inputs:
@@ -990,10 +1033,10 @@ class S2SDecoder(nn.Module):
         def layer_step(layer, x, hidden, cell):
             w_ih, w_hh, b_ih, b_hh = weights[layer]
             if is_lstm:
-                merged = lambda: (torch.cat([w_ih, w_hh], dim=1), b_ih + b_hh)  # noqa: E731
-                return _lstm_pointwise(packed.linear(f"rnn.{layer}", torch.cat([x, hidden], dim=-1), merged), cell)
-            x_gates = packed.linear(f"rnn.{layer}.ih", x, lambda: (w_ih, b_ih))
-            return _gru_pointwise(x_gates, packed.linear(f"rnn.{layer}.hh", hidden, lambda: (w_hh, b_hh)), hidden), None
+                gates = packed.linear(f"rnn.{layer}", torch.cat([x, hidden], dim=-1), weights[layer], _merge_lstm)
+                return _lstm_pointwise(gates, cell)
+            x_gates = packed.linear(f"rnn.{layer}.ih", x, (w_ih, b_ih))
+            return _gru_pointwise(x_gates, packed.linear(f"rnn.{layer}.hh", hidden, (w_hh, b_hh)), hidden), None
 
         def step(t, extra_inputs, hidden, cell):
             x = torch.cat([embeddings[:, t], *extra_inputs], dim=-1)
@@ -1190,6 +1233,11 @@ def _label_span_mask(labels: torch.Tensor) -> torch.Tensor | None:
 def _lstm_cell(gates_x, hidden, cell, w_hh, b_hh):
     """One LSTM step with PyTorch's gate order (i, f, g, o). gates_x: (B, 4H) input share incl. b_ih."""
     return _lstm_pointwise(gates_x + F.linear(hidden, w_hh, b_hh), cell)
+
+
+def _merge_lstm(w_ih, w_hh, b_ih, b_hh) -> tuple[torch.Tensor, torch.Tensor]:
+    """One LSTM layer's weights for a single matmul over [x; h]: [W_ih | W_hh] and b_ih + b_hh."""
+    return torch.cat([w_ih, w_hh], dim=1), b_ih + b_hh
 
 
 def _lstm_pointwise(gates, cell):

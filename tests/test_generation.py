@@ -21,7 +21,7 @@ from transformers import GenerationMixin, LogitsProcessor, LogitsProcessorList
 
 import modeling_s2s.modeling_s2s
 from modeling_s2s import S2SDecoderCache, S2SForConditionalGeneration
-from modeling_s2s.modeling_s2s import AttentionMemory, S2SDecoder
+from modeling_s2s.modeling_s2s import AttentionMemory, PackedWeights, S2SDecoder
 
 SOURCE_LENGTHS = [6, 3, 5]
 ATOL = 1e-5
@@ -600,8 +600,8 @@ def _generate_capturing_caches(monkeypatch, model, ids, mask, **kwargs):
 @pytest.mark.parametrize("options", [GRID[0], GRID[3], GRID[5], GRID[8], GRID[10]], ids=grid_id)
 @pytest.mark.parametrize("num_beams", [1, 3])
 def test_packed_weights_decode_like_plain_matmuls(monkeypatch, options, num_beams):
-    """fp32 decoding on CPU reorders the decoder's and output layer's weights for oneDNN once per generate() call
-    (LSTM layers with [W_ih | W_hh] merged); sequences equal, and scores match, plain `F.linear` decoding."""
+    """fp32 decoding on CPU reorders the decoder's and output layer's weights for oneDNN (LSTM layers with
+    [W_ih | W_hh] merged); sequences equal, and scores match, plain `F.linear` decoding."""
     model = make_model(**options)
     ids, mask = random_ids(SOURCE_LENGTHS)
     packed, caches = _generate_capturing_caches(monkeypatch, model, ids, mask, num_beams=num_beams)
@@ -617,6 +617,76 @@ def test_packed_weights_decode_like_plain_matmuls(monkeypatch, options, num_beam
     assert torch.equal(packed.sequences, plain.sequences)
     for packed_scores, plain_scores in zip(packed.scores, plain.scores, strict=True):
         torch.testing.assert_close(packed_scores, plain_scores, atol=ATOL, rtol=0)
+
+
+def _scores_with_and_without_packing(monkeypatch, model, ids, mask):
+    kwargs = dict(num_beams=2, output_scores=True, return_dict_in_generate=True)
+    packed = _generate(model, ids, mask, **kwargs)
+    with monkeypatch.context() as patch:
+        patch.setattr(S2SDecoder, "_can_pack_weights", lambda self: False)
+        plain = _generate(model, ids, mask, **kwargs)
+    assert torch.equal(packed.sequences, plain.sequences)
+    for packed_scores, plain_scores in zip(packed.scores, plain.scores, strict=True):
+        torch.testing.assert_close(packed_scores, plain_scores, atol=ATOL, rtol=0)
+    return torch.cat([step_scores.flatten() for step_scores in packed.scores])
+
+
+@needs_onednn_matmuls
+def test_reordered_weights_are_reused_by_later_generate_calls_until_a_weight_changes(monkeypatch):
+    """Reordering is most of a one-sentence generate() call's overhead, so later calls reuse the reordered weights
+    while every parameter behind them is unchanged. An in-place update (as an optimizer step makes), a write
+    through `.data` (which PyTorch's version counter does not see) or `load_state_dict` makes the next call
+    reorder again, and its scores then equal plain matmuls over the new weights."""
+    model = make_model(**GRID[0])  # LSTM: the merged [W_ih | W_hh] is derived from two parameters
+    decoder = model.get_decoder()
+    ids, mask = random_ids(SOURCE_LENGTHS)
+    reordered = []
+    original_reordered = PackedWeights.reordered
+
+    def spy(self, name, weight):
+        if name not in self._reordered:
+            reordered.append(name)
+        return original_reordered(self, name, weight)
+
+    monkeypatch.setattr(PackedWeights, "reordered", spy)
+    first = _generate(model, ids, mask, num_beams=2)
+    assert {"rnn.0", "combine", "lm_head"} <= set(reordered)
+    reordered.clear()
+    assert torch.equal(_generate(model, ids, mask, num_beams=2), first) and reordered == []
+
+    def modify_in_place():
+        with torch.no_grad():
+            decoder.rnn.weight_hh_l0.mul_(1.5)
+
+    def write_through_data():
+        decoder.combine.weight.data.add_(0.05)
+
+    def load_a_state_dict():
+        model.load_state_dict({name: value * 0.9 for name, value in model.state_dict().items()})
+
+    scores = _scores_with_and_without_packing(monkeypatch, model, ids, mask)
+    for change in (modify_in_place, write_through_data, load_a_state_dict):
+        change()
+        reordered.clear()
+        new_scores = _scores_with_and_without_packing(monkeypatch, model, ids, mask)
+        assert reordered, change.__name__
+        changed = new_scores.shape != scores.shape or not torch.allclose(new_scores, scores, atol=1e-4)
+        assert changed, change.__name__  # the change mattered
+        scores = new_scores
+
+
+@needs_onednn_matmuls
+def test_a_pickled_model_decodes_as_before():
+    import io
+
+    model = make_model(**GRID[0])
+    ids, mask = random_ids(SOURCE_LENGTHS)
+    expected = _generate(model, ids, mask, num_beams=2)  # leaves reordered weights on the decoder
+    buffer = io.BytesIO()
+    torch.save(model, buffer)
+    buffer.seek(0)
+    reloaded = torch.load(buffer, weights_only=False)
+    assert torch.equal(_generate(reloaded, ids, mask, num_beams=2), expected)
 
 
 @needs_onednn_matmuls
