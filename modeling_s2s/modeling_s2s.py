@@ -1725,7 +1725,9 @@ class S2SForConditionalGeneration(S2SPreTrainedModel, GenerationMixin):
         fill_value = pad_token_id or eos_token_id[0] if eos_token_id is not None else -1  # as transformers fills
         live = _LiveBeams.start(input_ids, batch_size, num_beams, max_length, fill_value)
         final = _LiveBeams.start(input_ids, batch_size, num_beams, max_length, fill_value)
-        cache, logits = self._prefill_once_per_sentence(input_ids, config, model_kwargs)
+        outputs = self._prefill(input_ids, config, model_kwargs)  # every beam of every sentence
+        cache, logits = outputs.cache, outputs.logits[:, -1]
+        del outputs
         encoder_outputs = model_kwargs["encoder_outputs"]
         source_mask = model_kwargs.get("attention_mask")
         if source_mask is None and encoder_outputs.attention_mask is not None:
@@ -1790,26 +1792,6 @@ class S2SForConditionalGeneration(S2SPreTrainedModel, GenerationMixin):
             step = self.model.decoder(tokens, encoder_outputs, source_mask, cache=cache, use_cache=True)
             logits = self._vocabulary_logits(step.last_hidden_state[:, -1], cache)
         return final.output(config, prompt_length, cache)
-
-    def _prefill_once_per_sentence(
-        self, input_ids, generation_config, model_kwargs
-    ) -> tuple[S2SDecoderCache, torch.Tensor]:
-        """transformers' prefill of beam search, computed on one beam per sentence.
-
-        Before the first step the k beams of a sentence hold the same prompt (transformers repeats it per beam)
-        and the same decoder state, so the decoder runs on the first beam of each sentence and its state and
-        last logits are repeated for the others: the first step costs 1/k of the decoder work. input_ids:
-        (B·k, t); model_kwargs' attention_mask, if any: (B·k, S). Returns the cache of B·k rows (beams of a
-        sentence sharing its source memory row) and the last position's logits (B·k, V).
-        """
-        num_beams = generation_config.num_beams
-        first_beams = dict(model_kwargs)
-        if model_kwargs.get("attention_mask") is not None:
-            first_beams["attention_mask"] = model_kwargs["attention_mask"][::num_beams]
-        outputs = self._prefill(input_ids[::num_beams], generation_config, first_beams)
-        cache = outputs.cache
-        cache.batch_repeat_interleave(num_beams)
-        return cache, outputs.logits[:, -1].repeat_interleave(num_beams, dim=0)
 
     @staticmethod
     def _may_drop_rows(generation_config, synced_gpus: bool) -> bool:

@@ -429,24 +429,13 @@ def test_beams_share_one_source_memory_per_sentence_and_decode_as_with_a_copy_pe
         created.append((cache.hidden.shape[0], cache.source_memory.keys.shape[0]))
         return cache
 
-    prefilled = []  # (decoder rows, source memory rows) of the cache the first step leaves to the beams
-    original_prefill = S2SForConditionalGeneration._prefill_once_per_sentence
-
-    def prefill_spy(self, *args, **kw):
-        cache, logits = original_prefill(self, *args, **kw)
-        prefilled.append((cache.hidden.shape[0], cache.source_memory.keys.shape[0], logits.shape[0]))
-        return cache, logits
-
     monkeypatch.setattr(S2SDecoder, "init_cache", spy)
-    monkeypatch.setattr(S2SForConditionalGeneration, "_prefill_once_per_sentence", prefill_spy)
     shared = _generate(model, ids, mask, **kwargs)
-    # the prompt is decoded once per sentence, then its state and logits are repeated for the 3 beams, which
-    # keep sharing the sentence's one source memory row
-    assert created == [(3, 3)] and prefilled == [(9, 3, 9)]
+    assert created == [(9, 3)]
     with monkeypatch.context() as patch:  # transformers' loop: encoder outputs repeated per beam
         patch.setattr(S2SForConditionalGeneration, "_beam_search", GenerationMixin._beam_search)
         copied = _generate(model, ids, mask, **kwargs)
-    assert created == [(3, 3), (9, 9)]
+    assert created == [(9, 3), (9, 9)]
     assert torch.equal(shared.sequences, copied.sequences)
     assert torch.equal(shared.beam_indices, copied.beam_indices)
 
@@ -493,9 +482,8 @@ def test_beam_search_runs_only_unsettled_sentences_and_matches_transformers(monk
     assert torch.equal(ours.sequences, theirs.sequences)
     assert torch.equal(ours.beam_indices, theirs.beam_indices)
     assert [row.tolist().index(EOS) - 1 for row in ours.sequences[::2]] == [n + 2 for n in ends]
-    # Call 1 decodes the prompts, once per sentence (its beams are still identical); call c > 1 makes generated
-    # token c, for the beams of sentences not ended yet.
-    assert our_rows == [6] + [3 * sum(n + 2 >= call for n in ends) for call in range(2, 8)]
+    # Call 1 decodes the prompts; call c > 1 makes generated token c, for the beams of sentences not ended yet.
+    assert our_rows == [18] + [3 * sum(n + 2 >= call for n in ends) for call in range(2, 8)]
     assert their_rows == [18] * 7
 
 
@@ -508,7 +496,7 @@ def test_beam_search_that_reaches_max_length_matches_transformers(monkeypatch):
     )
     assert torch.equal(ours.sequences, theirs.sequences) and ours.sequences.shape == (3, 4)
     assert torch.equal(ours.beam_indices, theirs.beam_indices)
-    assert our_rows == [3, 12, 12]  # the prompt once per sentence, then every beam
+    assert our_rows == [12, 12, 12]
 
 
 def test_per_step_outputs_keep_every_row(monkeypatch):
