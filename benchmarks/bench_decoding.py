@@ -20,8 +20,6 @@ Measured side by side in one run:
   the model's own loops, which run only unfinished rows (greedy) and unsettled sentences (beam search);
 - beam search with the encoder outputs copied per beam ("beam copies") next to the model's default, where the
   beams of a sentence share one source memory;
-- beam search decoding the prompt once per beam ("prefill per beam", as transformers does) next to the model's
-  default, which decodes it once per sentence and repeats the state for the beams;
 - greedy through a hand-written loop over the same model that drops finished rows from the batch and the cache
   (`shrinking_greedy` of bench_generate_overhead.py, as OpenNMT-py translates).
 
@@ -118,24 +116,6 @@ def source_copy_per_beam():
         yield
     finally:
         modeling._every_nth_row = saved
-
-
-@contextlib.contextmanager
-def prefill_per_beam():
-    """Beam search decoding the prompt once per beam, as transformers does, instead of once per sentence."""
-    from modeling_s2s import S2SForConditionalGeneration
-
-    saved = S2SForConditionalGeneration.__dict__["_prefill_once_per_sentence"]
-
-    def every_beam(self, input_ids, generation_config, model_kwargs):
-        outputs = self._prefill(input_ids, generation_config, model_kwargs)
-        return outputs.cache, outputs.logits[:, -1]
-
-    try:
-        S2SForConditionalGeneration._prefill_once_per_sentence = every_beam
-        yield
-    finally:
-        S2SForConditionalGeneration._prefill_once_per_sentence = saved
 
 
 @contextlib.contextmanager
@@ -345,12 +325,6 @@ def main() -> None:
                     return runner.generate(model, ids, mask, beams)
 
             fns["generate() beam copies"] = copies_fn
-
-            def prefill_fn(ids, mask, beams=beams):
-                with prefill_per_beam():
-                    return runner.generate(model, ids, mask, beams)
-
-            fns["generate() prefill per beam"] = prefill_fn
         if beams == 1:
             from bench_generate_overhead import shrinking_greedy
 
@@ -370,7 +344,7 @@ def main() -> None:
             (name, batch_size, beams): result for name, result in runner.run_alternating(fns, batches, n).items()
         })
         names = [*variants, "generate() F.linear", "generate() reorder per call", "generate() keep finished",
-                 "generate() beam copies", "generate() prefill per beam", "loop dropping finished", "naive reference"]
+                 "generate() beam copies", "loop dropping finished", "naive reference"]
         for name in names:
             result = results.get((name, batch_size, beams))
             if result is None:
