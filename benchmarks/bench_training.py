@@ -118,6 +118,21 @@ def with_plain_matmuls(step):
     return run
 
 
+def with_packed_encoder(step):
+    """`step` with the encoder packing every batch of mixed source lengths, as before the seventh session, instead
+    of one RNN call per length (for the A/B of `--packed-encoder`)."""
+    import modeling_s2s.modeling_s2s as modeling
+
+    def run(batch: dict[str, torch.Tensor]) -> float:
+        saved, modeling.MAX_LENGTH_GROUPS = modeling.MAX_LENGTH_GROUPS, 0
+        try:
+            return step(batch)
+        finally:
+            modeling.MAX_LENGTH_GROUPS = saved
+
+    return run
+
+
 def build_pair(preset: str, config_kwargs: dict[str, Any]):
     from modeling_s2s import S2SConfig, S2SForConditionalGeneration
 
@@ -173,6 +188,9 @@ def main() -> None:
     parser.add_argument("--length-grouping", default="source", choices=("source", "target"),
                         help="batch sort key, as the trainer's --length_grouping")
     parser.add_argument("--bf16", action="store_true", help="also time the S2S model under CPU bf16 autocast")
+    parser.add_argument("--packed-encoder", action="store_true",
+                        help="also time the S2S model with its encoder packing every mixed-length batch instead of "
+                             "running the RNN once per source length")
     parser.add_argument("--plain-matmuls", action="store_true",
                         help="also time the S2S model with its step-loop matmuls through F.linear instead of oneDNN "
                              "with reordered weights (PackedWeights)")
@@ -225,6 +243,8 @@ def main() -> None:
             )
         if args.plain_matmuls:
             implementations["s2s F.linear"] = with_plain_matmuls(make_step(copy.deepcopy(model), False))
+        if args.packed_encoder:
+            implementations["s2s packed encoder"] = with_packed_encoder(make_step(copy.deepcopy(model), False))
         if not args.no_reference:
             implementations["reference"] = make_step(reference, True)
         for step in implementations.values():
@@ -270,7 +290,7 @@ def main() -> None:
             for name, rate in results.get(preset, {}).items():
                 if name != "reference":
                     suffix = {"s2s bf16": " (bf16 autocast)", "s2s per-step wgrad": " (per-step weight gradients)",
-                              "s2s F.linear": " (F.linear step matmuls)"}
+                              "s2s F.linear": " (F.linear step matmuls)", "s2s packed encoder": " (packed encoder)"}
                     label = f"S2S {preset}" + suffix.get(name, "")
                     anchor_rows.append([label, round(rate), *(rate / a for a in ANCHORS.values())])
         print(format_table(["model", "tok/s", *(f"× {name} ({a:,.0f})" for name, a in ANCHORS.items())],

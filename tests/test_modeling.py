@@ -26,8 +26,9 @@ from conftest import (
 from torch import nn
 from transformers import DataCollatorForSeq2Seq
 
+import modeling_s2s.modeling_s2s
 from modeling_s2s import S2SDecoderCache, S2SEncoderOutput, S2SModel
-from modeling_s2s.modeling_s2s import S2SDecoder, shift_tokens_right
+from modeling_s2s.modeling_s2s import S2SDecoder, S2SEncoder, shift_tokens_right
 
 ATOL = 1e-5
 SOURCE_LENGTHS = [7, 3, 5]
@@ -146,6 +147,45 @@ def test_cache_passed_under_its_pre_5_24_name_past_key_values_still_continues_de
                      past_key_values=first.cache, use_cache=True)
     assert rest.cache is first.cache and rest.cache.get_seq_length() == 3
     torch.testing.assert_close(rest.logits, full[:, 2:], atol=ATOL, rtol=0)
+
+
+def _encode_with_gradients(model, ids, mask):
+    encoder = model.get_encoder()
+    out = encoder(input_ids=ids, attention_mask=mask)
+    loss = out.last_hidden_state.pow(2).sum() + out.final_hidden.pow(2).sum()
+    if out.final_cell is not None:
+        loss = loss + out.final_cell.pow(2).sum()
+    return out, torch.autograd.grad(loss, [*encoder.rnn.parameters(), encoder.embed_tokens.weight])
+
+
+@pytest.mark.parametrize("options", GRID, ids=grid_id)
+def test_cpu_encoder_runs_each_source_length_apart_with_the_results_and_gradients_of_packing(monkeypatch, options):
+    """On CPU a batch with a few distinct source lengths runs the RNN once per length (oneDNN's fused kernel)
+    instead of as a packed sequence: outputs, zero padding, final states and gradients are packing's."""
+    model = make_model(**options)
+    ids, mask = random_ids([6, 3, 5, 3, 6, 2, 5])
+    calls = []
+    original = S2SEncoder._rnn_per_length
+
+    def spy(self, embeddings, lengths, distinct):
+        calls.append(distinct)
+        return original(self, embeddings, lengths, distinct)
+
+    monkeypatch.setattr(S2SEncoder, "_rnn_per_length", spy)
+    grouped, grouped_grads = _encode_with_gradients(model, ids, mask)
+    assert calls == [[2, 3, 5, 6]]
+    monkeypatch.setattr(modeling_s2s.modeling_s2s, "MAX_LENGTH_GROUPS", 3)  # 4 lengths: packed
+    packed, packed_grads = _encode_with_gradients(model, ids, mask)
+    assert len(calls) == 1
+    assert torch.equal(grouped.last_hidden_state[mask == 0], torch.zeros_like(grouped.last_hidden_state[mask == 0]))
+    for name in ("last_hidden_state", "final_hidden", "final_cell"):
+        expected, actual = getattr(packed, name), getattr(grouped, name)
+        if expected is None:
+            assert actual is None
+            continue
+        torch.testing.assert_close(actual, expected, atol=ATOL, rtol=0)
+    for grouped_grad, packed_grad in zip(grouped_grads, packed_grads, strict=True):
+        torch.testing.assert_close(grouped_grad, packed_grad, atol=1e-4, rtol=1e-5)
 
 
 @pytest.mark.parametrize("options", GRID, ids=grid_id)
