@@ -24,7 +24,10 @@ pipeline; ours does not (batches are built beforehand), which is worth a few per
 Decoding (after training, test_2016_flickr, 1000 sentences, batches of 64 sentences, max 80 tokens):
 OpenNMT-py's `onmt_translate` (its own batching: sorted by length within buckets; time as its `-report_time`
 prints, model loading excluded) against our `generate()` (batches sorted by source length, time per batch
-summed). Output tokens are counted the same way for both (pieces of the output + 1 for `</s>`), and BLEU
+summed). The two take turns `--decode-repeats` times (default 2) and each keeps its fastest turn, so a slow
+stretch of the shared machine must hit every turn of one toolkit to move the ratio. `--decode-from DIR` skips
+training and decodes again with the models of an earlier run (`--save-model DIR`, and OpenNMT-py's checkpoint in
+`--workdir`). Output tokens are counted the same way for both (pieces of the output + 1 for `</s>`), and BLEU
 (sacreBLEU, detokenised with the same tokenizer) is printed so the speed of two equally (un)finished models is
 compared; after one epoch both are far from converged, so the BLEU columns only show the outputs are real.
 
@@ -53,6 +56,7 @@ from _common import (
     decoding_batches,
     format_table,
     get_tokenizer,
+    load_model,
     load_pairs,
     print_footer,
     print_header,
@@ -240,6 +244,11 @@ def main() -> None:
     parser.add_argument("--length-grouping", default="source", choices=("source", "target"),
                         help="our batches' sort key, as the trainer's --length_grouping")
     parser.add_argument("--workdir", default=str(CACHE_DIR / "peers"))
+    parser.add_argument("--decode-repeats", type=int, default=2,
+                        help="decoding turns per toolkit and beam size, alternating; the fastest of each counts")
+    parser.add_argument("--decode-from", metavar="DIR",
+                        help="skip training: decode with our model saved by an earlier --save-model DIR and "
+                             "OpenNMT-py's checkpoint of the same --steps left in --workdir")
     parser.add_argument("--save-model", metavar="DIR",
                         help="also save the decoding model with its tokenizer to DIR (for bench_decoding.py "
                              "--model_dir and bench_generate_overhead.py)")
@@ -271,6 +280,50 @@ def main() -> None:
         encoding="utf-8",
     )
 
+    if args.decode_from:
+        model = load_model(args.decode_from)
+        print(f"training skipped: S2S model from {args.decode_from}, OpenNMT-py's model_step_{args.steps}.pt from "
+              f"{workdir}\n", flush=True)
+    else:
+        model = train_both(args, tokenizer, files, workdir, keep_freed_memory)
+    if args.no_decode:
+        print_footer()
+        return
+    batches = decoding_batches(tokenizer, sources, 64)
+    runner = Runner(tokenizer, {"max_new_tokens": 80})
+    decode_rows = []
+    for beams in (1, 5):
+        # the toolkits take turns, `--decode-repeats` times; each keeps its fastest run (a slow stretch of a
+        # shared machine then has to hit every turn of one toolkit to change the ratio)
+        onmt_runs, our_runs = [], []
+        for _ in range(args.decode_repeats):
+            onmt_runs.append(onmt_translate(
+                args.onmt_python, workdir, test_source, args.steps, beams, args.threads, keep_freed_memory
+            ))
+            with torch.inference_mode():
+                our_runs.append(runner.run(lambda ids, mask, b=beams: runner.generate(model, ids, mask, b), batches,
+                                           len(sources)))
+        translated = min(onmt_runs, key=lambda run: run["seconds"])
+        result = min(our_runs, key=lambda run: run["seconds"])
+        onmt_ids = [tokenizer.convert_tokens_to_ids(pieces) for pieces in translated["pieces"]]
+        onmt_tokens = sum(len(ids) + 1 for ids in onmt_ids)
+        ours_tps = result["tokens"] / result["seconds"]
+        onmt_tps = onmt_tokens / translated["seconds"]
+        decode_rows.append([beams, "OpenNMT-py", translated["seconds"], onmt_tokens, onmt_tps, 1.0,
+                            bleu(tokenizer, onmt_ids, references)])
+        decode_rows.append([beams, "S2S generate()", result["seconds"], result["tokens"], ours_tps,
+                            ours_tps / onmt_tps, bleu(tokenizer, result["outputs"], references)])
+
+    print(f"\n## Decoding test_2016_flickr ({len(sources)} sentences, batch 64, max 80 tokens, fp32; S2S "
+          f"{args.ours[0]}; models after {args.steps} training steps; fastest of {args.decode_repeats} turns "
+          "each)\n")
+    print(format_table(["beams", "toolkit", "seconds", "tokens", "tok/s", "× OpenNMT-py", "BLEU"], decode_rows))
+    print_footer()
+
+
+def train_both(args, tokenizer, files: dict[str, Path], workdir: Path, keep_freed_memory: bool):
+    """OpenNMT-py, then each of our `--ours` variants, for `--steps` steps; prints the training table and returns
+    our first variant's model (fp32) for decoding."""
     config = onmt_config(files, workdir, args.steps, args.seed)
     onmt = onmt_train(args.onmt_python, config, args.threads, workdir, keep_freed_memory)
     print(f"onmt_train: {onmt['tok/s']:,.0f} target tok/s (its reports), {onmt['wall']:.0f} s in all", flush=True)
@@ -290,32 +343,7 @@ def main() -> None:
     print("\n## Training (target tokens/s, same shape, batches of 64 sentences (each toolkit's own length "
           "grouping); base_fused = the same without input feeding)\n")
     print(format_table(["toolkit", "precision", "tok/s", "× OpenNMT-py"], training_rows))
-    if args.no_decode:
-        print_footer()
-        return
-    batches = decoding_batches(tokenizer, sources, 64)
-    runner = Runner(tokenizer, {"max_new_tokens": 80})
-    decode_rows = []
-    for beams in (1, 5):
-        translated = onmt_translate(
-            args.onmt_python, workdir, test_source, args.steps, beams, args.threads, keep_freed_memory
-        )
-        onmt_ids = [tokenizer.convert_tokens_to_ids(pieces) for pieces in translated["pieces"]]
-        onmt_tokens = sum(len(ids) + 1 for ids in onmt_ids)
-        with torch.inference_mode():
-            result = runner.run(lambda ids, mask, b=beams: runner.generate(model, ids, mask, b), batches,
-                                len(sources))
-        ours_tps = result["tokens"] / result["seconds"]
-        onmt_tps = onmt_tokens / translated["seconds"]
-        decode_rows.append([beams, "OpenNMT-py", translated["seconds"], onmt_tokens, onmt_tps, 1.0,
-                            bleu(tokenizer, onmt_ids, references)])
-        decode_rows.append([beams, "S2S generate()", result["seconds"], result["tokens"], ours_tps,
-                            ours_tps / onmt_tps, bleu(tokenizer, result["outputs"], references)])
-
-    print(f"\n## Decoding test_2016_flickr ({len(sources)} sentences, batch 64, max 80 tokens, fp32; S2S "
-          f"{args.ours[0]}; models after {args.steps} training steps)\n")
-    print(format_table(["beams", "toolkit", "seconds", "tokens", "tok/s", "× OpenNMT-py", "BLEU"], decode_rows))
-    print_footer()
+    return model
 
 
 if __name__ == "__main__":
