@@ -639,7 +639,8 @@ class S2SPreTrainedModel(PreTrainedModel):
 
 
 #: Above this many distinct source lengths in a batch, the CPU encoder packs the batch instead of running one RNN
-#: call per length (measured faster up to 17 lengths in a batch of 64, seventh session).
+#: call per length (measured faster with up to 16 lengths in batches of 64, `benchmarks/bench_encoder.py`; with
+#: many more, each call would cover only a few rows).
 MAX_LENGTH_GROUPS = 16
 
 
@@ -730,8 +731,8 @@ class S2SEncoder(nn.Module):
     def _rnn_per_length(self, embeddings: torch.Tensor, lengths: torch.Tensor, distinct: list[int]):
         """`_run_rnn` as one call per group of rows of the same length, each cut to that length: the same result
         as packing. On CPU a packed sequence runs PyTorch's step-by-step RNN, while an unpacked batch runs
-        oneDNN's fused RNN kernel (forward and backward): a training step's encoder is 1.4–1.7× faster this way
-        with 2–4 lengths per batch, and still faster with 17 (`benchmarks/README.md`, seventh session)."""
+        oneDNN's fused RNN kernel (forward and backward): the encoder's forward and backward are 1.24–1.54×
+        faster this way with 2–5 lengths per batch and 1.26–1.37× with 13–16 (`benchmarks/bench_encoder.py`)."""
         total_length = embeddings.shape[1]
         groups = [(lengths == length).nonzero().squeeze(1) for length in distinct]
         outputs, states = [], []
