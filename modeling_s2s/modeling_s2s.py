@@ -453,7 +453,8 @@ class S2SDecoderCache:
     - self_memory: decoder self-attention keys/values over the tokens seen so far, else None
     - source_memory: attention keys/values of the encoder outputs, projected once per source
     - packed_weights: the decoder's and output layer's weights reordered for oneDNN (`PackedWeights`) when
-      decoding without gradients in fp32 on CPU, else None
+      decoding without gradients in fp32 on CPU, else None; the decoder hands the same object to later caches
+      while the weights are unchanged (`S2SDecoder._reusable_packed_weights`)
 
     Beam search calls `reorder_cache` in place. `source_memory` is not reordered there: beams only ever move
     within one example, and every beam of an example holds the same encoder outputs. In beam search it holds each
