@@ -126,6 +126,20 @@ def plain_matmuls():
         S2SDecoder._can_pack_weights = saved
 
 
+@contextlib.contextmanager
+def packed_encoder():
+    """The encoder packing every batch of mixed source lengths (as before the seventh session) instead of running
+    the RNN once per length, for the A/B of that change."""
+    import modeling_s2s.modeling_s2s as modeling
+
+    saved = modeling.MAX_LENGTH_GROUPS
+    try:
+        modeling.MAX_LENGTH_GROUPS = 0
+        yield
+    finally:
+        modeling.MAX_LENGTH_GROUPS = saved
+
+
 def load_pairs(split: str) -> tuple[list[str], list[str]]:
     from modeling_s2s.data import load_parallel_data
 

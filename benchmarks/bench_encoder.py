@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import time
 
 import torch
@@ -22,6 +23,7 @@ from _common import (
     build_model,
     format_table,
     get_tokenizer,
+    packed_encoder,
     print_footer,
     print_header,
     setup_threads,
@@ -34,16 +36,12 @@ from modeling_s2s.training import keep_freed_memory_for_reuse
 
 def encoder_step(encoder, batch: dict[str, torch.Tensor], packed: bool) -> float:
     """Forward + backward of the encoder over `batch`; seconds. `packed`: pack every mixed-length batch."""
-    saved = modeling.MAX_LENGTH_GROUPS
-    modeling.MAX_LENGTH_GROUPS = 0 if packed else saved
-    try:
+    with packed_encoder() if packed else contextlib.nullcontext():
         start = time.perf_counter()
         out = encoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
         loss = out.last_hidden_state.sum() + out.final_hidden.sum() + out.final_cell.sum()
         loss.backward()
         return time.perf_counter() - start
-    finally:
-        modeling.MAX_LENGTH_GROUPS = saved
 
 
 def main() -> None:

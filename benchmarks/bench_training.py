@@ -38,6 +38,7 @@ from _common import (
     format_table,
     get_tokenizer,
     matmul_peak_gflops,
+    packed_encoder,
     peak_rss_mb,
     plain_matmuls,
     preset_kwargs,
@@ -107,28 +108,13 @@ def with_per_step_weight_gradients(step):
     return run
 
 
-def with_plain_matmuls(step):
-    """`step` with the decoder's step-loop matmuls through `F.linear` instead of oneDNN with reordered weights
-    (for the A/B of `--plain-matmuls`)."""
+def under(context, step):
+    """`step` run inside `context()` (`plain_matmuls` for `--plain-matmuls`, `packed_encoder` for
+    `--packed-encoder`)."""
 
     def run(batch: dict[str, torch.Tensor]) -> float:
-        with plain_matmuls():
+        with context():
             return step(batch)
-
-    return run
-
-
-def with_packed_encoder(step):
-    """`step` with the encoder packing every batch of mixed source lengths, as before the seventh session, instead
-    of one RNN call per length (for the A/B of `--packed-encoder`)."""
-    import modeling_s2s.modeling_s2s as modeling
-
-    def run(batch: dict[str, torch.Tensor]) -> float:
-        saved, modeling.MAX_LENGTH_GROUPS = modeling.MAX_LENGTH_GROUPS, 0
-        try:
-            return step(batch)
-        finally:
-            modeling.MAX_LENGTH_GROUPS = saved
 
     return run
 
@@ -242,9 +228,9 @@ def main() -> None:
                 make_step(copy.deepcopy(model), False)
             )
         if args.plain_matmuls:
-            implementations["s2s F.linear"] = with_plain_matmuls(make_step(copy.deepcopy(model), False))
+            implementations["s2s F.linear"] = under(plain_matmuls, make_step(copy.deepcopy(model), False))
         if args.packed_encoder:
-            implementations["s2s packed encoder"] = with_packed_encoder(make_step(copy.deepcopy(model), False))
+            implementations["s2s packed encoder"] = under(packed_encoder, make_step(copy.deepcopy(model), False))
         if not args.no_reference:
             implementations["reference"] = make_step(reference, True)
         for step in implementations.values():
