@@ -1,38 +1,41 @@
 """RNN (LSTM/GRU) encoder–decoder with Luong, Bahdanau and self-attention, as a transformers model.
 
-Read bottom-up: helpers → attention → decoder cache → outputs → pre-trained base → encoder, bridge, decoder →
-`S2SModel` → `S2SForConditionalGeneration`. Shapes: B batch, S source length, T target length, H hidden size,
-E embedding size, L layers, V vocabulary, h heads.
+This file is the reference: the model's math, read bottom-up — input checks → RNN cells → attention → decoder
+state (cache) → outputs → pre-trained base → encoder, bridge, decoder → `S2SModel` →
+`S2SForConditionalGeneration`. Shapes: B batch, S source length, T target length, H hidden size, E embedding size,
+L layers, V vocabulary, h heads.
 
-The decoder has one piece of math per concept (RNN cell, attention, combination into the attentional
-vector) and two ways to drive it: a *fused* path that runs the RNN over the whole target in one call
-(Luong attention without input feeding: no step depends on the previous attentional vector) and a *step*
-path (input feeding, Bahdanau). Both use the same modules, and generation uses the step/fused code with the
-recurrent state kept in `S2SDecoderCache`, so each new token costs one RNN step plus attention.
+The decoder has one piece of math per concept (RNN cell, attention, combination into the attentional vector) and
+two ways to drive it: a *fused* driver that runs `nn.LSTM`/`nn.GRU` over the whole target in one call (Luong
+attention without input feeding: no step depends on the previous attentional vector) and a *step* driver (input
+feeding, Bahdanau, and generation, one position at a time, with the recurrent state in `S2SDecoderCache`). Both
+use the same parameters; tests pin them equal.
+
+Code that exists only for speed lives elsewhere, behind `config.fast_paths`: `fast_paths.py` (CPU kernels, the
+per-length encoder, the training output layer) and `generation_s2s.py` (greedy and beam search in which finished
+rows leave the batch). Each hook below falls back to the math here, and tests pin each fast path equal to it.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 from transformers import GenerationMixin, PreTrainedModel
-from transformers.generation import logits_process as hf_processors
-from transformers.generation import stopping_criteria as hf_criteria
-from transformers.generation.stopping_criteria import EosTokenCriteria
-from transformers.generation.utils import GenerateBeamEncoderDecoderOutput, GenerateEncoderDecoderOutput
 from transformers.modeling_outputs import ModelOutput, Seq2SeqLMOutput, Seq2SeqModelOutput
 from transformers.utils.deprecation import deprecate_kwarg
 
 from .configuration_s2s import ATTENTION_TYPES, S2SConfig
+from .fast_paths import decoder_step, encoder_rnn, output_logits, span_logits_and_loss
+from .generation_s2s import can_decode, decode
+from .input_checks import check_attention_mask, check_token_ids
+from .resizing import ResizableVocabularyMixin
 
-# ---------------------------------------------------------------------------------------------------------------
-# Helpers
-# ---------------------------------------------------------------------------------------------------------------
+# -------------------- Inputs --------------------------------------------------------------------------------
 
 
 def shift_tokens_right(labels: torch.Tensor, pad_token_id: int, decoder_start_token_id: int) -> torch.Tensor:
@@ -49,44 +52,39 @@ def shift_tokens_right(labels: torch.Tensor, pad_token_id: int, decoder_start_to
     return shifted.masked_fill(shifted == -100, pad_token_id)
 
 
-def check_token_ids(ids: torch.Tensor, vocab_size: int, name: str, allow_ignore_index: bool = False) -> None:
-    """Raise `ValueError` for an empty tensor or ids outside `[0, vocab_size)` (`-100` allowed for labels)."""
-    if ids.dim() != 2:
-        raise ValueError(f"`{name}` must have shape (batch, length); got shape {tuple(ids.shape)}.")
-    if ids.shape[1] == 0 or ids.shape[0] == 0:
-        raise ValueError(f"`{name}` is empty (shape {tuple(ids.shape)}); every sequence needs at least one token.")
-    if ids.dtype.is_floating_point:
-        raise ValueError(f"`{name}` must hold integer token ids; got dtype {ids.dtype}.")
-    if torch.compiler.is_compiling():
-        return  # reading values back to Python would break the compiled graph; eager calls check them
-    checked = ids[ids != -100] if allow_ignore_index else ids
-    if checked.numel() == 0:
-        return
-    low, high = int(checked.min()), int(checked.max())
-    if low < 0 or high >= vocab_size:
-        bad = low if low < 0 else high
-        allowed = f"[0, {vocab_size - 1}]" + (" or -100 (ignored)" if allow_ignore_index else "")
-        raise ValueError(f"`{name}` contains token id {bad}, outside the vocabulary: allowed ids are {allowed}.")
+# -------------------- RNN cells ---------------------------------------------------------------------------
+# PyTorch's gate order and parameters, so `nn.LSTM`/`nn.GRU` and these steps share weights.
 
 
-def check_attention_mask(mask: torch.Tensor, input_shape: tuple[int, ...], name: str = "attention_mask") -> None:
-    """Raise `ValueError` unless `mask` is a right-padded (B, S) 0/1 mask with at least one real token per row."""
-    if tuple(mask.shape) != tuple(input_shape):
-        raise ValueError(f"`{name}` has shape {tuple(mask.shape)} but the inputs have shape {tuple(input_shape)}.")
-    lengths = mask.sum(dim=1)
-    if bool((lengths == 0).any()):
-        row = int((lengths == 0).nonzero()[0])
-        raise ValueError(f"Row {row} of the source batch is all padding; every sequence needs at least one real token.")
-    if mask.shape[1] > 1 and bool((mask[:, 1:] > mask[:, :-1]).any()):
-        raise ValueError(
-            f"`{name}` must be right-padded (ones, then zeros); left padding is not supported by the packed RNN "
-            "encoder. Use a tokenizer with padding_side='right'."
-        )
+def lstm_cell(gates: torch.Tensor, cell: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """One LSTM update. gates: (B, 4H) = W_ih x + b_ih + W_hh h + b_hh in the order (i, f, g, o); cell: (B, H).
+
+    c' = σ(f) ⊙ c + σ(i) ⊙ tanh(g);  h' = σ(o) ⊙ tanh(c').  Returns (h', c'), each (B, H).
+    """
+    in_gate, forget_gate, candidate, out_gate = gates.chunk(4, dim=1)
+    cell = torch.sigmoid(forget_gate) * cell + torch.sigmoid(in_gate) * torch.tanh(candidate)
+    return torch.sigmoid(out_gate) * torch.tanh(cell), cell
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# Attention
-# ---------------------------------------------------------------------------------------------------------------
+def gru_cell(input_gates: torch.Tensor, hidden_gates: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
+    """One GRU update. input_gates = W_ih x + b_ih, hidden_gates = W_hh h + b_hh: (B, 3H) in the order (r, z, n).
+
+    r = σ(x_r + h_r);  z = σ(x_z + h_z);  n = tanh(x_n + r ⊙ h_n);  h' = (1 − z) ⊙ n + z ⊙ h.  Returns h' (B, H).
+    """
+    x_reset, x_update, x_new = input_gates.chunk(3, dim=1)
+    h_reset, h_update, h_new = hidden_gates.chunk(3, dim=1)
+    reset = torch.sigmoid(x_reset + h_reset)
+    update = torch.sigmoid(x_update + h_update)
+    candidate = torch.tanh(x_new + reset * h_new)
+    return (1 - update) * candidate + update * hidden
+
+
+def rnn_layer_weights(rnn: nn.RNNBase, layer: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(W_ih, W_hh, b_ih, b_hh) of one layer of `rnn`: the parameters `nn.LSTM`/`nn.GRU` itself runs with."""
+    return tuple(getattr(rnn, f"{name}_l{layer}") for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"))
+
+
+# -------------------- Attention -----------------------------------------------------------------------------
 
 
 @dataclass
@@ -122,6 +120,7 @@ class S2SAttention(nn.Module):
     - `additive`: vᵀtanh(W_q q + b + U_k k) (Bahdanau 2015, learned projections)
     - `scaled_dot`: q·k · s, s = 1/√d fixed or learned (`learnable_scale`)
     - `multihead`: `num_heads` scaled-dot heads over learned projections, output projection to `query_size`
+    Weights: softmax of the scores over the source, exactly zero at masked positions. Context: Σ weights · values.
 
     Args:
         attention_type: one of the score names above.
@@ -133,15 +132,8 @@ class S2SAttention(nn.Module):
     """
 
     def __init__(
-        self,
-        attention_type: str,
-        query_size: int,
-        key_size: int,
-        value_size: int | None = None,
-        num_heads: int = 1,
-        attention_size: int | None = None,
-        dropout: float = 0.0,
-        learnable_scale: bool = False,
+        self, attention_type: str, query_size: int, key_size: int, value_size: int | None = None,
+        num_heads: int = 1, attention_size: int | None = None, dropout: float = 0.0, learnable_scale: bool = False,
     ):
         super().__init__()
         value_size = key_size if value_size is None else value_size
@@ -195,22 +187,19 @@ class S2SAttention(nn.Module):
         # query: (B, T, query_size), keys: (B, h, S, d) -> scores: (B, h, T, S)
         kind = self.attention_type
         if kind in ("dot", "general"):  # general: the keys were multiplied by W in `prepare_memory`
-            return query.unsqueeze(1) @ keys.transpose(-1, -2)
+            return torch.matmul(query.unsqueeze(1), keys.transpose(-1, -2))
         if kind == "scaled_dot":
             scale = self.scale if self.scale is not None else self.fixed_scale
-            return (query.unsqueeze(1) @ keys.transpose(-1, -2)) * scale
+            return torch.matmul(query.unsqueeze(1), keys.transpose(-1, -2)) * scale
         if kind == "multihead":
             queries = self._split_heads(self.query_proj(query))
-            return (queries @ keys.transpose(-1, -2)) / math.sqrt(queries.shape[-1])
+            return torch.matmul(queries, keys.transpose(-1, -2)) / math.sqrt(queries.shape[-1])
         # concat / additive: (B, 1, T, 1, A) + (B, 1, 1, S, A) -> (B, 1, T, S)
         hidden = torch.tanh(self.query_proj(query)[:, None, :, None, :] + keys[:, :, None, :, :])
         return self.score_proj(hidden).squeeze(-1)
 
     def attend(
-        self,
-        query: torch.Tensor,
-        memory: AttentionMemory,
-        value_mask: torch.Tensor | None = None,
+        self, query: torch.Tensor, memory: AttentionMemory, value_mask: torch.Tensor | None = None,
         causal: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Attend from `query` (B, T, query_size) over `memory` (S positions).
@@ -232,20 +221,15 @@ class S2SAttention(nn.Module):
             )
             scores = scores.masked_fill(~visible, mask_value)
         weights = torch.softmax(scores, dim=-1)
-        context = self.dropout(weights) @ memory.values  # (B, h, T, d_v)
+        context = torch.matmul(self.dropout(weights), memory.values)  # (B, h, T, d_v)
         context = context.transpose(1, 2).flatten(2)  # (B, T, h*d_v)
         if self.attention_type == "multihead":
             context = self.out_proj(context)
         return context, weights
 
     def forward(
-        self,
-        query: torch.Tensor,
-        value: torch.Tensor,
-        key: torch.Tensor | None = None,
-        query_mask: torch.Tensor | None = None,
-        value_mask: torch.Tensor | None = None,
-        causal: bool = False,
+        self, query: torch.Tensor, value: torch.Tensor, key: torch.Tensor | None = None,
+        query_mask: torch.Tensor | None = None, value_mask: torch.Tensor | None = None, causal: bool = False,
         return_attention_scores: bool = False,
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """Keras-style call: query (B, T, Dq), value (B, S, Dv), key (B, S, Dk) defaults to value.
@@ -260,180 +244,7 @@ class S2SAttention(nn.Module):
         return (context, weights) if return_attention_scores else context
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# Recurrent decoder state
-# ---------------------------------------------------------------------------------------------------------------
-
-
-def _autocast_dtype(device_type: str) -> torch.dtype | None:
-    """The dtype autocast runs matmuls in on `device_type` ("cpu", "cuda"), or None outside autocast."""
-    try:
-        enabled = torch.is_autocast_enabled(device_type)
-    except TypeError:  # torch < 2.4: one function per device type
-        enabled = torch.is_autocast_cpu_enabled() if device_type == "cpu" else torch.is_autocast_enabled()
-    if not enabled:
-        return None
-    if hasattr(torch, "get_autocast_dtype"):
-        return torch.get_autocast_dtype(device_type)
-    return torch.get_autocast_cpu_dtype() if device_type == "cpu" else torch.get_autocast_gpu_dtype()
-
-
-def _onednn_linear(x: torch.Tensor, packed_weight: torch.Tensor, bias, activation: str = "none") -> torch.Tensor:
-    return torch.ops.mkldnn._linear_pointwise(x, packed_weight, bias, activation, [], "")
-
-
-class _PackedLinearFunction(torch.autograd.Function):
-    """y = x Wᵀ + b through oneDNN with reordered weights: W for the forward, Wᵀ for the input's gradient.
-
-    With `pairs` (a list shared by every step of one forward), the backward leaves (output gradient, input) in it
-    instead of returning gradients for W and b; `_DeferredWeightGradient` turns all pairs into them at once."""
-
-    @staticmethod
-    def forward(ctx, x, weight, bias, packed: PackedWeights, name: str, pairs: list | None):
-        ctx.save_for_backward(x, weight)
-        ctx.packed, ctx.name, ctx.has_bias, ctx.pairs = packed, name, bias is not None, pairs
-        return _onednn_linear(x, packed.reordered(name, weight), bias)
-
-    @staticmethod
-    def backward(ctx, grad):
-        x, weight = ctx.saved_tensors
-        grad_x = grad_weight = grad_bias = None
-        if ctx.needs_input_grad[0]:
-            grad_x = _onednn_linear(grad, ctx.packed.reordered(f"{ctx.name}.T", weight.t()), None)
-        if ctx.pairs is not None:
-            ctx.pairs.append((grad.reshape(-1, grad.shape[-1]), x.reshape(-1, x.shape[-1])))
-            return grad_x, None, None, None, None, None
-        if ctx.needs_input_grad[1]:
-            grad_weight = grad.reshape(-1, grad.shape[-1]).t() @ x.reshape(-1, x.shape[-1])
-        if ctx.has_bias and ctx.needs_input_grad[2]:
-            grad_bias = grad.reshape(-1, grad.shape[-1]).sum(0)
-        return grad_x, grad_weight, grad_bias, None, None, None
-
-
-class _DeferredWeightGradient(torch.autograd.Function):
-    """Identity on a weight (and bias) used by every step of a loop through `_PackedLinearFunction`.
-
-    Autograd runs this node's backward after the backward of every step that used its outputs; those steps left
-    their (output gradient (N, out), input (N, in)) pairs in `pairs`. The weight's gradient is then one matmul
-    over all steps' rows instead of one small matmul per step (64 rows: K = 64) plus adding each into the
-    gradient: ≈ 1.3× faster for those matmuls on the project's CPU.
-    """
-
-    @staticmethod
-    def forward(ctx, weight, bias, pairs: list):
-        ctx.pairs, ctx.has_bias = pairs, bias is not None
-        return (weight.view_as(weight), bias.view_as(bias)) if bias is not None else weight.view_as(weight)
-
-    @staticmethod
-    def backward(ctx, *unused_grads):
-        if not ctx.pairs:
-            return None, None, None
-        grads = torch.cat([grad for grad, _ in ctx.pairs])
-        inputs = torch.cat([x for _, x in ctx.pairs])
-        ctx.pairs.clear()
-        return grads.t() @ inputs, grads.sum(0) if ctx.has_bias else None, None
-
-
-def _fingerprint(tensor: torch.Tensor) -> tuple | None:
-    """What changes when `tensor`'s values do: its storage, its version counter (bumped by every in-place
-    operation) and a sum over 64 of its elements spread across it (for writes through `.data`, which bypass the
-    version counter). None for inference tensors, which keep no version counter."""
-    if tensor.is_inference():
-        return None
-    flat = tensor.detach().reshape(-1)
-    sample = float(flat[:: max(1, flat.numel() // 64)].sum())
-    return tensor.data_ptr(), tensor._version, sample
-
-
-class PackedWeights:
-    """Weights reordered once into oneDNN's blocked layout, reused by every step of one decoder call.
-
-    The decoder's step loop multiplies the same weights by a few dozen rows per step (training with input
-    feeding, and decoding); with the weight reordered once, oneDNN does that 1.3–1.6× faster than the default
-    fp32 matmul (MKL) on the project's AMD AVX-512 machine (`benchmarks/README.md`, fifth session). Used for fp32
-    on CPU outside autocast (`available`), in training too (the input's gradient goes through the reordered Wᵀ,
-    the weight's gradient is a plain matmul); results equal `F.linear` up to float rounding. A weight is
-    reordered on first use; copies start empty. `is_current` tells whether every parameter a weight was derived
-    from is unchanged since, so that decoding can reuse the reordered weights from one `generate()` call to the
-    next.
-    """
-
-    def __init__(self):
-        self._reordered: dict[str, torch.Tensor] = {}
-        self._weights: dict[str, tuple[torch.Tensor, torch.Tensor | None]] = {}
-        self._pairs: dict[str, list] = {}  # per weight in training: the steps' (output gradient, input) pairs
-        self._sources: dict[str, tuple[tuple[torch.Tensor, tuple | None], ...]] = {}  # parameters, fingerprints
-
-    def is_current(self) -> bool:
-        """Whether every parameter behind the weights reordered so far still holds what it held then."""
-        return all(
-            fingerprint is not None and _fingerprint(tensor) == fingerprint
-            for sources in self._sources.values()
-            for tensor, fingerprint in sources
-        )
-
-    @staticmethod
-    def available(weight: torch.Tensor) -> bool:
-        """Whether the decoder's matmuls with `weight` (a parameter of the model) can go through oneDNN: fp32 on
-        an x86 CPU with AVX2 or AVX-512 (where it was measured), outside autocast and `torch.compile`."""
-        return (
-            weight.device.type == "cpu"
-            and weight.dtype == torch.float32
-            and _autocast_dtype("cpu") is None
-            and not torch.compiler.is_compiling()
-            and torch.backends.mkldnn.is_available()
-            and torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512")
-            and hasattr(torch.ops.mkldnn, "_linear_pointwise")
-        )
-
-    def reordered(self, name: str, weight: torch.Tensor) -> torch.Tensor:
-        if name not in self._reordered:
-            self._reordered[name] = torch.ops.mkldnn._reorder_linear_weight(weight.detach().contiguous(), None)
-        return self._reordered[name]
-
-    def linear(
-        self, name: str, x: torch.Tensor, sources: tuple[torch.Tensor | None, ...], derive=None,
-        activation: str = "none",
-    ) -> torch.Tensor:
-        """`F.linear(x, weight, bias)`, then `activation` ("none" or "tanh"). (weight, bias) are `sources` itself, or
-        `derive(*sources)` (e.g. two weights side by side). They are made once per `name`: later calls reuse the
-        tensors (and their autograd history)."""
-        if name not in self._weights:
-            self._sources[name] = tuple((t, _fingerprint(t)) for t in sources if t is not None)
-            weight_and_bias = derive(*sources) if derive is not None else sources
-            self._weights[name] = self._deferring_gradients(name, *weight_and_bias)
-        weight, bias = self._weights[name]
-        needs_grad = torch.is_grad_enabled() and (
-            x.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad)
-        )
-        if not needs_grad:
-            return _onednn_linear(x, self.reordered(name, weight), bias, activation)
-        output = _PackedLinearFunction.apply(x, weight, bias, self, name, self._pairs.get(name))
-        return torch.tanh(output) if activation == "tanh" else output
-
-    def _deferring_gradients(self, name: str, weight: torch.Tensor, bias: torch.Tensor | None):
-        """(weight, bias) as the steps should use them: behind a `_DeferredWeightGradient` when they need a
-        gradient, so the steps' contributions become one matmul."""
-        if not (torch.is_grad_enabled() and (weight.requires_grad or (bias is not None and bias.requires_grad))):
-            return weight, bias
-        self._pairs[name] = []
-        anchored = _DeferredWeightGradient.apply(weight, bias, self._pairs[name])
-        return anchored if bias is not None else (anchored, None)
-
-    def module(self, name: str, x: torch.Tensor, module: nn.Module, activation: str = "none") -> torch.Tensor:
-        """Apply an `nn.Linear` (or `nn.Identity`) `module` to `x`."""
-        if isinstance(module, nn.Identity):
-            return torch.tanh(x) if activation == "tanh" else x
-        return self.linear(name, x, (module.weight, module.bias), activation=activation)
-
-    def __deepcopy__(self, memo) -> PackedWeights:
-        return PackedWeights()  # reordered oneDNN tensors cannot be copied; they are rebuilt on demand
-
-    def __getstate__(self) -> dict:
-        return {}  # nor pickled (torch.save of a whole model): the unpickled object starts empty
-
-    def __setstate__(self, state: dict) -> None:
-        self.__init__()
+# -------------------- Decoder state -------------------------------------------------------------------------
 
 
 def _runs_within_groups(indices: torch.Tensor, group: int) -> bool:
@@ -451,30 +262,20 @@ class S2SDecoderCache:
     - hidden: (B, L, H) RNN hidden state per layer; cell: (B, L, H) for LSTM, else None
     - input_feed: (B, H) previous attentional vector (input feeding), else None
     - self_memory: decoder self-attention keys/values over the tokens seen so far, else None
-    - source_memory: attention keys/values of the encoder outputs, projected once per source
-    - packed_weights: the decoder's and output layer's weights reordered for oneDNN (`PackedWeights`) when
-      decoding without gradients in fp32 on CPU, else None; the decoder hands the same object to later caches
-      while the weights are unchanged (`S2SDecoder._reusable_packed_weights`)
+    - source_memory: attention keys/values of the encoder outputs, projected once per source sentence
 
-    Beam search calls `reorder_cache` in place. `source_memory` is not reordered there: beams only ever move
-    within one example, and every beam of an example holds the same encoder outputs. In beam search it holds each
-    source sentence once: `rows_per_source` consecutive rows (the beams) share one row of `source_memory`.
-
-    Greedy search and sampling drop rows that have finished (`drop_finished_rows`): the cache then holds only
-    the rows listed in `active_rows` (indices into `generate()`'s batch), and the model computes only those.
+    Beam search keeps the beams of a sentence next to each other and `reorder_cache`s them in place. The source
+    memory holds each sentence once: `rows_per_source` consecutive rows (its beams) share one row of it, since
+    beams only ever move within their sentence.
     """
 
     is_compileable = False
     is_croppable = False
 
     def __init__(
-        self,
-        hidden: torch.Tensor,
-        cell: torch.Tensor | None = None,
-        input_feed: torch.Tensor | None = None,
-        self_memory: AttentionMemory | None = None,
-        source_memory: AttentionMemory | None = None,
-        seen_tokens: int = 0,
+        self, hidden: torch.Tensor, cell: torch.Tensor | None = None, input_feed: torch.Tensor | None = None,
+        self_memory: AttentionMemory | None = None, source_memory: AttentionMemory | None = None,
+        seen_tokens: int = 0, rows_per_source: int = 1,
     ):
         self.hidden = hidden
         self.cell = cell
@@ -482,11 +283,9 @@ class S2SDecoderCache:
         self.self_memory = self_memory
         self.source_memory = source_memory
         self.seen_tokens = seen_tokens
-        self.active_rows: torch.Tensor | None = None
-        self.packed_weights: PackedWeights | None = None
-        self.rows_per_source = 1
+        self.rows_per_source = rows_per_source
 
-    def _apply(self, fn, include_source: bool) -> None:
+    def _apply_to_rows(self, fn) -> None:
         self.hidden = fn(self.hidden)
         if self.cell is not None:
             self.cell = fn(self.cell)
@@ -494,40 +293,23 @@ class S2SDecoderCache:
             self.input_feed = fn(self.input_feed)
         if self.self_memory is not None:
             self.self_memory = self.self_memory.apply(fn)
-        if include_source and self.source_memory is not None:
-            self.source_memory = self.source_memory.apply(fn)
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
         return self.seen_tokens
 
     def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
-        """Row i takes the state of row beam_idx[i] (B,), indices over `generate()`'s whole batch."""
+        """Row i takes the state of row beam_idx[i] (B,); beams stay within their sentence."""
         beam_idx = beam_idx.to(self.hidden.device)
-        if self.active_rows is not None:
-            # Beams move within one sentence and sentences leave whole: active rows take their state from
-            # active rows; map those batch indices to positions in the shrunken state.
-            beam_idx = torch.searchsorted(self.active_rows, beam_idx[self.active_rows])
-        self._apply(lambda t: t.index_select(0, beam_idx), include_source=False)
-
-    def drop_finished_rows(self, finished: torch.Tensor) -> None:
-        """Forget the state of rows that have finished. finished: (B,) bool over `generate()`'s whole batch."""
-        rows = self.active_rows
-        if rows is None:
-            rows = torch.arange(finished.shape[0], device=finished.device)
-        keep = (~finished[rows]).nonzero().squeeze(1)
-        if keep.numel() == rows.numel():
-            return
-        self.batch_select_indices(keep)
-        self.active_rows = rows[keep]
+        self._apply_to_rows(lambda t: t.index_select(0, beam_idx))
 
     def batch_repeat_interleave(self, repeats: int) -> None:
-        self._apply(lambda t: t.repeat_interleave(repeats, dim=0), include_source=False)
+        self._apply_to_rows(lambda t: t.repeat_interleave(repeats, dim=0))
         self.rows_per_source *= repeats  # the new rows of one source sentence stay next to each other
 
     def batch_select_indices(self, indices: torch.Tensor) -> None:
         """Keep rows `indices` (in that order). With `rows_per_source` = g > 1, a selection in runs of g rows of
         one sentence each keeps sharing the sentence's source row; any other gives every row its own copy first."""
-        self._apply(lambda t: t[indices], include_source=False)
+        self._apply_to_rows(lambda t: t[indices])
         if self.source_memory is None:
             return
         group = self.rows_per_source
@@ -547,9 +329,7 @@ class S2SDecoderCache:
         return self.hidden.shape[1]
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# Outputs
-# ---------------------------------------------------------------------------------------------------------------
+# -------------------- Outputs -------------------------------------------------------------------------------
 
 
 @dataclass
@@ -587,9 +367,7 @@ class S2SDecoderOutput(ModelOutput):
     cross_attentions: tuple[torch.FloatTensor, ...] | None = None
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# Pre-trained base
-# ---------------------------------------------------------------------------------------------------------------
+# -------------------- Pre-trained base ----------------------------------------------------------------------
 
 
 class S2SPreTrainedModel(PreTrainedModel):
@@ -599,10 +377,11 @@ class S2SPreTrainedModel(PreTrainedModel):
     supports_gradient_checkpointing = False
     _no_split_modules = ["S2SEncoder", "S2SDecoder"]
     _skip_keys_device_placement = ["cache"]
-    _is_stateful = True
+    _is_stateful = True  # the recurrent state cannot be cropped: no assisted decoding
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
+        # transformers' documented per-model initialisation hook: RNN weights ~ U(-init_std, init_std)
         std = self.config.init_std
         if isinstance(module, (nn.LSTM, nn.GRU)):
             for name, param in module.named_parameters():
@@ -622,11 +401,6 @@ class S2SPreTrainedModel(PreTrainedModel):
             return super().get_expanded_tied_weights_keys(all_submodels=True)
         return dict(self._tied_weights_keys or {})
 
-    @classmethod
-    def _supports_default_dynamic_cache(cls) -> bool:
-        # The decoder state is recurrent; generate() must not build a key/value cache for it.
-        return False
-
     def flatten_rnn_parameters(self) -> None:
         """Re-compact RNN weights (cuDNN needs them contiguous after loading, moving or DDP wrapping)."""
         for module in self.modules():
@@ -634,15 +408,7 @@ class S2SPreTrainedModel(PreTrainedModel):
                 module.flatten_parameters()
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# Encoder, bridge, decoder
-# ---------------------------------------------------------------------------------------------------------------
-
-
-#: Above this many distinct source lengths in a batch, the CPU encoder packs the batch instead of running one RNN
-#: call per length (measured faster with up to 16 lengths in batches of 64, `benchmarks/bench_encoder.py`; with
-#: many more, each call would cover only a few rows).
-MAX_LENGTH_GROUPS = 16
+# -------------------- Encoder, bridge, decoder --------------------------------------------------------------
 
 
 def _rnn_class(cell_type: str) -> type[nn.RNNBase]:
@@ -650,7 +416,7 @@ def _rnn_class(cell_type: str) -> type[nn.RNNBase]:
 
 
 class S2SEncoder(nn.Module):
-    """Embedding + (bi)directional multi-layer RNN over packed sequences, so padding never changes a result."""
+    """Embedding + (bi)directional multi-layer RNN over each row's real tokens, so padding never changes a result."""
 
     main_input_name = "input_ids"
 
@@ -677,19 +443,15 @@ class S2SEncoder(nn.Module):
         return state.transpose(0, 1).contiguous()
 
     def forward(
-        self,
-        input_ids: torch.LongTensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-        inputs_embeds: torch.FloatTensor | None = None,
-        output_attentions: bool | None = None,
-        output_hidden_states: bool | None = None,
-        return_dict: bool | None = True,
+        self, input_ids: torch.LongTensor | None = None, attention_mask: torch.Tensor | None = None,
+        inputs_embeds: torch.FloatTensor | None = None, output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None, return_dict: bool | None = True,
     ) -> S2SEncoderOutput:
         """Encode a right-padded batch.
 
         Args:
             input_ids: (B, S) token ids; the mask is derived from `pad_token_id` when `attention_mask` is None.
-            attention_mask: (B, S) 1 for real tokens, 0 for padding (right padding only).
+            attention_mask: (B, S) 1 for real tokens, 0 for padding (right padding only; any numeric dtype).
             inputs_embeds: (B, S, E) instead of `input_ids` (then `attention_mask` defaults to all ones).
         """
         if (input_ids is None) == (inputs_embeds is None):
@@ -697,13 +459,15 @@ class S2SEncoder(nn.Module):
         if input_ids is not None:
             check_token_ids(input_ids, self.config.vocab_size, "input_ids")
             if attention_mask is None:
-                attention_mask = input_ids.ne(self.config.pad_token_id).long()
+                attention_mask = input_ids.ne(self.config.pad_token_id)
             inputs_embeds = self.embed_tokens(input_ids)
         elif attention_mask is None:
             attention_mask = torch.ones(inputs_embeds.shape[:2], dtype=torch.long, device=inputs_embeds.device)
-        check_attention_mask(attention_mask, tuple(inputs_embeds.shape[:2]))
+        attention_mask = check_attention_mask(attention_mask, tuple(inputs_embeds.shape[:2]))
         embeddings = self.embedding_dropout(inputs_embeds)
-        outputs, state = self._run_rnn(embeddings, attention_mask.sum(dim=1))
+        lengths = attention_mask.sum(dim=1)
+        fast = encoder_rnn(self.rnn, embeddings, lengths) if self.config.fast_paths else None
+        outputs, state = fast if fast is not None else self._run_rnn(embeddings, lengths)
         hidden, cell = state if isinstance(state, tuple) else (state, None)
         return S2SEncoderOutput(
             last_hidden_state=outputs,
@@ -713,40 +477,16 @@ class S2SEncoder(nn.Module):
             attention_mask=attention_mask,
         )
 
-
     def _run_rnn(self, embeddings: torch.Tensor, lengths: torch.Tensor):
-        """The RNN over the real tokens of each row: (B, S, E), lengths (B,) -> outputs (B, S, H) with zeros at
-        the padding, and the final state after each row's last real token."""
+        """The RNN over the real tokens of each row (a packed sequence): (B, S, E), lengths (B,) -> outputs
+        (B, S, H) with zeros at the padding, and the final state after each row's last real token."""
         total_length = embeddings.shape[1]
         if bool((lengths == total_length).all()):
             return self.rnn(embeddings)
-        if embeddings.device.type == "cpu":
-            distinct = lengths.unique()
-            if len(distinct) <= MAX_LENGTH_GROUPS and int(distinct[0]) > 0:
-                return self._rnn_per_length(embeddings, lengths, distinct.tolist())
         packed = pack_padded_sequence(embeddings, lengths.cpu(), batch_first=True, enforce_sorted=False)
         packed_outputs, state = self.rnn(packed)
         outputs, _ = pad_packed_sequence(packed_outputs, batch_first=True, total_length=total_length)
         return outputs, state
-
-    def _rnn_per_length(self, embeddings: torch.Tensor, lengths: torch.Tensor, distinct: list[int]):
-        """`_run_rnn` as one call per group of rows of the same length, each cut to that length: the same result
-        as packing. On CPU a packed sequence runs PyTorch's step-by-step RNN, while an unpacked batch runs
-        oneDNN's fused RNN kernel (forward and backward): the encoder's forward and backward are 1.24–1.54×
-        faster this way with 2–5 lengths per batch and 1.26–1.37× with 13–16 (`benchmarks/bench_encoder.py`)."""
-        total_length = embeddings.shape[1]
-        groups = [(lengths == length).nonzero().squeeze(1) for length in distinct]
-        outputs, states = [], []
-        for rows, length in zip(groups, distinct):
-            group_outputs, group_state = self.rnn(embeddings[rows, :length])
-            outputs.append(F.pad(group_outputs, (0, 0, 0, total_length - length)))
-            states.append(group_state)
-        restore = torch.cat(groups).argsort()  # rows back in batch order
-        if isinstance(states[0], tuple):  # LSTM: (hidden, cell), each (layers·directions, rows, H)
-            state = tuple(torch.cat(parts, dim=1)[:, restore] for parts in zip(*states))
-        else:
-            state = torch.cat(states, dim=1)[:, restore]
-        return torch.cat(outputs)[restore], state
 
 
 class S2SBridge(nn.Module):
@@ -779,12 +519,67 @@ class S2SBridge(nn.Module):
         return mean.unsqueeze(1).expand(batch, layers, -1).contiguous(), zeros if is_lstm else None
 
 
+def _mask_per_source(mask: torch.Tensor | None, sources: int, group: int) -> torch.Tensor | None:
+    """A source mask of one row per sentence: (B, S) from (B, S) or from the (g·B, S) mask of g rows per sentence."""
+    if mask is None or mask.shape[0] == sources:
+        return mask
+    return mask[::group]
+
+
+def _cat_ragged(step_weights: list[torch.Tensor]) -> torch.Tensor:
+    """Stack per-step self-attention weights (B, h, 1, k_t) of growing k_t into (B, h, T, k_T), zero-padded."""
+    width = step_weights[-1].shape[-1]
+    return torch.cat([F.pad(w, (0, width - w.shape[-1])) for w in step_weights], dim=2)
+
+
+class ReferenceStep:
+    """One target position of the decoder's step driver, from the parameters of `decoder.rnn` and `decoder.combine`
+    (`fast_paths.FastStep` computes the same with fewer, larger or pre-packed matmuls).
+
+    embeddings: (B, T, E) of the positions this call decodes.
+    """
+
+    def __init__(self, decoder: S2SDecoder, embeddings: torch.Tensor):
+        self.decoder = decoder
+        self.embeddings = embeddings
+
+    def rnn(self, t: int, extra_inputs: list[torch.Tensor], hidden: list, cell: list) -> tuple[list, list]:
+        """Advance every layer by position t. extra_inputs: the (B, H) input feed and/or Bahdanau context;
+        hidden, cell: per-layer lists of (B, H) (cell entries None for GRU). Returns the new lists."""
+        rnn = self.decoder.rnn
+        x = torch.cat([self.embeddings[:, t], *extra_inputs], dim=-1)
+        if not hasattr(rnn, "weight_ih_l0"):  # e.g. a dynamically quantised RNN: no float weights, run the module
+            return self._run_module(x, hidden, cell)
+        hidden, cell = list(hidden), list(cell)
+        for layer in range(rnn.num_layers):
+            if layer > 0:
+                x = F.dropout(hidden[layer - 1], rnn.dropout, rnn.training)
+            w_ih, w_hh, b_ih, b_hh = rnn_layer_weights(rnn, layer)
+            input_gates, hidden_gates = F.linear(x, w_ih, b_ih), F.linear(hidden[layer], w_hh, b_hh)
+            if cell[layer] is not None:
+                hidden[layer], cell[layer] = lstm_cell(input_gates + hidden_gates, cell[layer])
+            else:
+                hidden[layer] = gru_cell(input_gates, hidden_gates, hidden[layer])
+        return hidden, cell
+
+    def _run_module(self, x: torch.Tensor, hidden: list, cell: list) -> tuple[list, list]:
+        state = torch.stack(hidden)
+        state = (state, torch.stack(cell)) if cell[0] is not None else state
+        _, state = self.decoder.rnn(x.unsqueeze(1), state)
+        hidden, cell = state if isinstance(state, tuple) else (state, None)
+        return list(hidden.unbind(0)), list(cell.unbind(0)) if cell is not None else [None] * hidden.shape[0]
+
+    def combine(self, features: torch.Tensor) -> torch.Tensor:
+        """a = tanh(W [c; s; h]): features (B, T, 2H or 3H) -> (B, T, H)."""
+        return torch.tanh(self.decoder.combine(features))
+
+
 class S2SDecoder(nn.Module):
     """Attentional RNN decoder (Luong or Bahdanau style, optional input feeding and causal self-attention).
 
-    One step t (Luong): x_t = [emb(y_t); a_{t-1} if input feeding] → h_t = RNN(x_t) → c_t = attn(h_t, source)
-    → a_t = tanh(W[c_t; s_t; h_t]) with s_t the optional self-attention context over h_{≤t}.
-    Bahdanau: c_t = attn(h_{t-1}, source) joins the RNN input instead, and a_t = tanh(W[c_t; s_t; h_t]).
+    One step t (Luong): x_t = [emb(y_t); a_{t-1} if input feeding] → h_t = RNN(x_t, h_{t-1})
+    → c_t = attn(h_t, source) → a_t = tanh(W[c_t; s_t; h_t]), with s_t the optional self-attention context over
+    h_{≤t}. Bahdanau: c_t = attn(h_{t-1}, source) joins the RNN input instead: x_t = [emb(y_t); a_{t-1}; c_t].
     """
 
     main_input_name = "input_ids"
@@ -811,7 +606,6 @@ class S2SDecoder(nn.Module):
         combine_inputs = hidden * (3 if config.decoder_self_attention else 2)
         self.combine = nn.Linear(combine_inputs, hidden, bias=False)
         self.output_dropout = nn.Dropout(config.dropout)
-        self._decoding_weights: PackedWeights | None = None  # reordered by the last generate() call
 
     @staticmethod
     def _build_attention(config: S2SConfig) -> S2SAttention:
@@ -824,8 +618,6 @@ class S2SDecoder(nn.Module):
             learnable_scale=config.attention_learnable_scale,
         )
 
-    # -- shared pieces --------------------------------------------------------------------------------------
-
     def init_cache(
         self, encoder_outputs: S2SEncoderOutput, attention_mask: torch.Tensor | None, batch_size: int | None = None
     ) -> S2SDecoderCache:
@@ -836,29 +628,26 @@ class S2SDecoder(nn.Module):
         memory keeps one row per sentence (`S2SDecoderCache.rows_per_source` = g). attention_mask: (B, S) or (g·B, S).
         """
         source = encoder_outputs.last_hidden_state
-        group = self._rows_per_source(batch_size or source.shape[0], source.shape[0])
-        hidden, cell = self.bridge(encoder_outputs, _mask_per_source(attention_mask, source.shape[0], group))
+        sources = source.shape[0]
+        rows = batch_size or sources
+        if rows % sources:
+            raise ValueError(
+                f"The decoder got {rows} rows for encoder outputs of {sources} sentences; it needs the same number "
+                "of rows, or a multiple of it (beams of each sentence next to each other)."
+            )
+        group = rows // sources
+        hidden, cell = self.bridge(encoder_outputs, _mask_per_source(attention_mask, sources, group))
         if group > 1:
             hidden = hidden.repeat_interleave(group, dim=0)
             cell = cell.repeat_interleave(group, dim=0) if cell is not None else None
         input_feed = hidden.new_zeros(hidden.shape[0], self.config.hidden_size) if self.config.input_feeding else None
-        cache = S2SDecoderCache(
+        return S2SDecoderCache(
             hidden=hidden,
             cell=cell,
             input_feed=input_feed,
             source_memory=self.attention.prepare_memory(source, source),
+            rows_per_source=group,
         )
-        cache.rows_per_source = group
-        return cache
-
-    @staticmethod
-    def _rows_per_source(batch_size: int, sources: int) -> int:
-        if batch_size % sources:
-            raise ValueError(
-                f"The decoder got {batch_size} rows for encoder outputs of {sources} sentences; it needs the same "
-                f"number of rows, or a multiple of it (beams of each sentence next to each other)."
-            )
-        return batch_size // sources
 
     def _attend_source(
         self, query: torch.Tensor, cache: S2SDecoderCache, source_mask: torch.Tensor | None
@@ -878,49 +667,6 @@ class S2SDecoder(nn.Module):
         weights = weights.unflatten(2, (group, length)).transpose(1, 2).flatten(0, 1)
         return context.reshape(rows, length, -1), weights
 
-    def _packed_weights(self, cache: S2SDecoderCache, positions: int) -> PackedWeights | None:
-        """The `PackedWeights` of a call over `positions` target positions: kept in the cache across the steps of
-        decoding; with gradients on, new for each call (an optimizer step may change the weights before the next
-        one), and only for several positions (reordering costs more than it saves on a single one)."""
-        if not self._can_pack_weights():
-            return None
-        if torch.is_grad_enabled():
-            return PackedWeights() if positions > 1 else None
-        if cache.packed_weights is None:
-            cache.packed_weights = self._reusable_packed_weights()
-        return cache.packed_weights
-
-    def _reusable_packed_weights(self) -> PackedWeights:
-        """The decoding `PackedWeights` of the previous call while every parameter behind them is unchanged, else
-        new ones. Reordering the weights costs about as much as a few decoding steps (most of a one-sentence
-        `generate()` call's overhead), so calls after the first skip it."""
-        if self._decoding_weights is None or not self._decoding_weights.is_current():
-            self._decoding_weights = PackedWeights()
-        return self._decoding_weights
-
-    def _can_pack_weights(self) -> bool:
-        # float nn.Linear / RNN weights only: a dynamically quantised or otherwise replaced module keeps its own path
-        weight = getattr(self.rnn, "weight_ih_l0", None)
-        return (
-            isinstance(weight, torch.Tensor)
-            and type(self.combine) is nn.Linear
-            and PackedWeights.available(weight)
-        )
-
-    def _attentional_vector(
-        self,
-        rnn_output: torch.Tensor,
-        context: torch.Tensor,
-        self_context: torch.Tensor | None,
-        packed: PackedWeights | None = None,
-    ) -> torch.Tensor:
-        # (B, T, H) each -> a = tanh(W [c; s; h]): (B, T, H)
-        parts = [context, rnn_output] if self_context is None else [context, self_context, rnn_output]
-        combined = torch.cat(parts, dim=-1)
-        if packed is not None:
-            return self.output_dropout(packed.module("combine", combined, self.combine, activation="tanh"))
-        return self.output_dropout(torch.tanh(self.combine(combined)))
-
     def _self_attend(
         self, rnn_output: torch.Tensor, cache: S2SDecoderCache, key_mask: torch.Tensor | None
     ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
@@ -935,50 +681,27 @@ class S2SDecoder(nn.Module):
             key_mask = torch.cat([key_mask.new_ones(key_mask.shape[0], seen), key_mask], dim=1)
         return self.self_attention.attend(rnn_output, memory, value_mask=key_mask, causal=True)
 
-    @staticmethod
-    def _to_rnn_state(cache: S2SDecoderCache):
-        hidden = cache.hidden.transpose(0, 1).contiguous()  # (L, B, H)
-        return (hidden, cache.cell.transpose(0, 1).contiguous()) if cache.cell is not None else hidden
-
-    @staticmethod
-    def _store_rnn_state(cache: S2SDecoderCache, state) -> None:
-        hidden, cell = state if isinstance(state, tuple) else (state, None)
-        cache.hidden = hidden.transpose(0, 1)
-        cache.cell = cell.transpose(0, 1) if cell is not None else None
-
-    # -- the two drivers ------------------------------------------------------------------------------------
+    def _attentional_vector(self, step, rnn_output, context, self_context) -> torch.Tensor:
+        # (B, T, H) each -> a = tanh(W [c; s; h]): (B, T, H)
+        parts = [context, rnn_output] if self_context is None else [context, self_context, rnn_output]
+        return self.output_dropout(step.combine(torch.cat(parts, dim=-1)))
 
     def _forward_fused(self, embeddings, cache, source_mask, decoder_attention_mask):
-        """Luong attention without input feeding: the RNN and attention run over all T steps at once (matmuls large
-        enough for the default kernels, so no `PackedWeights`)."""
-        rnn_output, state = self.rnn(embeddings, self._to_rnn_state(cache))  # (B, T, H)
-        self._store_rnn_state(cache, state)
+        """Luong attention without input feeding: the RNN and attention run over all T positions at once."""
+        hidden = cache.hidden.transpose(0, 1).contiguous()  # (L, B, H)
+        state = (hidden, cache.cell.transpose(0, 1).contiguous()) if cache.cell is not None else hidden
+        rnn_output, state = self.rnn(embeddings, state)  # (B, T, H)
+        hidden, cell = state if isinstance(state, tuple) else (state, None)
+        cache.hidden, cache.cell = hidden.transpose(0, 1), cell.transpose(0, 1) if cell is not None else None
         context, cross_weights = self._attend_source(rnn_output, cache, source_mask)
         self_context, self_weights = self._self_attend(rnn_output, cache, decoder_attention_mask)
-        return self._attentional_vector(rnn_output, context, self_context), cross_weights, self_weights
+        output = self._attentional_vector(ReferenceStep(self, embeddings), rnn_output, context, self_context)
+        return output, cross_weights, self_weights
 
-    def _step_weights(self) -> list[tuple[torch.Tensor, ...]]:
-        """Per layer (w_ih, w_hh, b_ih, b_hh) of `self.rnn`, the same parameters the fused path uses."""
-        rnn = self.rnn
-        return [
-            tuple(getattr(rnn, f"{name}_l{layer}") for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"))
-            for layer in range(rnn.num_layers)
-        ]
-
-    def _forward_steps(self, embeddings, cache, source_mask, decoder_attention_mask, packed):
-        """One RNN step per target position (input feeding, Bahdanau, and incremental generation).
-
-        The cell is computed from `self.rnn`'s parameters (`_lstm_cell`/`_gru_cell`). Over several positions the
-        embeddings' share of the first layer's gates is projected for all T steps in one matmul, so only the
-        recurrent part, input feed and Bahdanau context are per-step work; a single position (generation) takes
-        one matmul over the whole RNN input. A dynamically quantised `self.rnn` (`torch.ao` `quantize_dynamic`)
-        has no float weights to read: it is then called one step at a time. `packed`: `PackedWeights` for the
-        step matmuls, or None for `F.linear`.
-        """
-        if packed is not None and embeddings.shape[1] == 1:
-            step_cell = self._packed_step_cell(embeddings, packed)
-        else:
-            step_cell = self._step_cell(embeddings, packed)
+    def _forward_steps(self, embeddings, cache, source_mask, decoder_attention_mask):
+        """One RNN step per target position (input feeding, Bahdanau, and incremental generation)."""
+        step = decoder_step(self, embeddings, cache) if self.config.fast_paths else None
+        step = step or ReferenceStep(self, embeddings)
         hidden = list(cache.hidden.unbind(1))
         cell = list(cache.cell.unbind(1)) if cache.cell is not None else [None] * len(hidden)
         input_feed = cache.input_feed
@@ -990,13 +713,13 @@ class S2SDecoder(nn.Module):
                 query = hidden[-1].unsqueeze(1)  # previous top-layer state: (B, 1, H)
                 context, weights_t = self._attend_source(query, cache, source_mask)
                 extra_inputs.append(context.squeeze(1))
-            hidden, cell = step_cell(t, extra_inputs, hidden, cell)
+            hidden, cell = step.rnn(t, extra_inputs, hidden, cell)
             rnn_output = hidden[-1].unsqueeze(1)  # (B, 1, H)
             if not bahdanau:
                 context, weights_t = self._attend_source(rnn_output, cache, source_mask)
             step_mask = decoder_attention_mask[:, t : t + 1] if decoder_attention_mask is not None else None
             self_context, self_weight = self._self_attend(rnn_output, cache, step_mask)
-            output = self._attentional_vector(rnn_output, context, self_context, packed)  # (B, 1, H)
+            output = self._attentional_vector(step, rnn_output, context, self_context)  # (B, 1, H)
             if input_feed is not None:
                 input_feed = output.squeeze(1)
             outputs.append(output)
@@ -1008,137 +731,40 @@ class S2SDecoder(nn.Module):
         self_attention = _cat_ragged(self_weights) if self.self_attention is not None else None
         return torch.cat(outputs, dim=1), torch.cat(cross_weights, dim=2), self_attention
 
-    def _step_cell(self, embeddings: torch.Tensor, packed: PackedWeights | None = None):
-        """A function (t, extra_inputs, hidden, cell) -> (hidden, cell) advancing every layer by position t
-        (it may update the `hidden`/`cell` lists in place).
-
-        embeddings: (B, T, E); extra_inputs: the (B, H) input feed and/or Bahdanau context of step t; hidden and
-        cell: per-layer lists of (B, H) (cell entries None for GRU). With `packed`, an LSTM's per-step matmul of
-        the first layer goes through oneDNN.
-        """
-        if not hasattr(self.rnn, "weight_ih_l0"):
-            return self._module_step_cell(embeddings)
-        weights = self._step_weights()
-        w_ih0, w_hh0, b_ih0, b_hh0 = weights[0]
-        embedding_size = embeddings.shape[-1]
-        w_extra = w_ih0[:, embedding_size:]  # input feed and/or Bahdanau context columns
-        is_lstm = self.config.cell_type == "lstm"
-        cell_fn = _lstm_cell if is_lstm else _gru_cell
-        if embeddings.shape[1] == 1:
-            embedding_gates, w_recurrent = None, None
-        else:
-            # unbind once: indexing [:, t] per step makes autograd zero-fill a (B, T, G) gradient for every step
-            embedding_gates = F.linear(embeddings, w_ih0[:, :embedding_size], b_ih0).unbind(1)  # T x (B, G)
-            # LSTM: the input feed / Bahdanau context and the hidden state share one matmul per step. Not under
-            # autocast: it caches its casts of parameters only, so it would cast the merged weight at every step
-            # (and casting it once ourselves would sum its gradient over the steps in low precision).
-            merge = is_lstm and _autocast_dtype(w_ih0.device.type) is None
-            w_recurrent = torch.cat([w_extra, w_hh0], dim=1) if merge else None
-
-        def first_layer(t, extra_inputs, hidden, cell):
-            if embedding_gates is None:  # one position: the whole RNN input in one matmul
-                gates = F.linear(torch.cat([embeddings[:, t], *extra_inputs], dim=-1), w_ih0, b_ih0)
-                return cell_fn(gates, hidden, cell, w_hh0, b_hh0)
-            if w_recurrent is not None:
-                recurrent_input = torch.cat([*extra_inputs, hidden], dim=-1)
-                if packed is None:
-                    return _lstm_pointwise(embedding_gates[t] + F.linear(recurrent_input, w_recurrent, b_hh0), cell)
-                recurrent = packed.linear("rnn.0.recurrent", recurrent_input, (w_recurrent, b_hh0))
-                return _lstm_pointwise(embedding_gates[t] + recurrent, cell)
-            gates = embedding_gates[t]
-            if extra_inputs:
-                gates = gates + F.linear(torch.cat(extra_inputs, dim=-1), w_extra)
-            return cell_fn(gates, hidden, cell, w_hh0, b_hh0)
-
-        def step(t, extra_inputs, hidden, cell):
-            hidden[0], cell[0] = first_layer(t, extra_inputs, hidden[0], cell[0])
-            for layer, (w_ih, w_hh, b_ih, b_hh) in enumerate(weights[1:], start=1):
-                below = F.dropout(hidden[layer - 1], self.rnn.dropout, self.training)
-                hidden[layer], cell[layer] = cell_fn(F.linear(below, w_ih, b_ih), hidden[layer], cell[layer], w_hh, b_hh)
-            return hidden, cell
-
-        return step
-
-    def _packed_step_cell(self, embeddings: torch.Tensor, packed: PackedWeights):
-        """`_step_cell` for decoding with `PackedWeights`: every matmul goes through oneDNN, and an LSTM layer
-        takes its input and recurrent share in one matmul over [x; h] (weights [W_ih | W_hh], bias b_ih + b_hh)."""
-        weights = self._step_weights()
-        is_lstm = self.config.cell_type == "lstm"
-
-        def layer_step(layer, x, hidden, cell):
-            w_ih, w_hh, b_ih, b_hh = weights[layer]
-            if is_lstm:
-                gates = packed.linear(f"rnn.{layer}", torch.cat([x, hidden], dim=-1), weights[layer], _merge_lstm)
-                return _lstm_pointwise(gates, cell)
-            x_gates = packed.linear(f"rnn.{layer}.ih", x, (w_ih, b_ih))
-            return _gru_pointwise(x_gates, packed.linear(f"rnn.{layer}.hh", hidden, (w_hh, b_hh)), hidden), None
-
-        def step(t, extra_inputs, hidden, cell):
-            x = torch.cat([embeddings[:, t], *extra_inputs], dim=-1)
-            for layer in range(len(weights)):
-                if layer > 0:
-                    x = F.dropout(hidden[layer - 1], self.rnn.dropout, self.training)
-                hidden[layer], cell[layer] = layer_step(layer, x, hidden[layer], cell[layer])
-            return hidden, cell
-
-        return step
-
-    def _module_step_cell(self, embeddings: torch.Tensor, packed=None):
-        """Step function that calls `self.rnn` itself on one position (for RNN modules without float weights;
-        `packed` is not used: such a module has no weights to reorder)."""
-
-        def step(t, extra_inputs, hidden, cell):
-            step_input = torch.cat([embeddings[:, t], *extra_inputs], dim=-1).unsqueeze(1)  # (B, 1, rnn input)
-            state = torch.stack(hidden)
-            state = (state, torch.stack(cell)) if cell[0] is not None else state
-            _, state = self.rnn(step_input, state)
-            hidden, cell = state if isinstance(state, tuple) else (state, None)
-            return list(hidden.unbind(0)), list(cell.unbind(0)) if cell is not None else [None] * hidden.shape[0]
-
-        return step
-
     @deprecate_kwarg("past_key_values", version="6.0.0", new_name="cache")
     def forward(
-        self,
-        input_ids: torch.LongTensor,
-        encoder_outputs: S2SEncoderOutput,
-        encoder_attention_mask: torch.Tensor,
-        cache: S2SDecoderCache | None = None,
-        decoder_attention_mask: torch.Tensor | None = None,
-        use_cache: bool = False,
-        output_attentions: bool = False,
-        output_hidden_states: bool = False,
+        self, input_ids: torch.LongTensor | None, encoder_outputs: S2SEncoderOutput,
+        encoder_attention_mask: torch.Tensor | None, cache: S2SDecoderCache | None = None,
+        decoder_attention_mask: torch.Tensor | None = None, use_cache: bool = False, output_attentions: bool = False,
+        output_hidden_states: bool = False, inputs_embeds: torch.FloatTensor | None = None,
     ) -> S2SDecoderOutput:
         """Decode T target positions, continuing from `cache` when given.
 
         Args:
-            input_ids: (B, T) decoder input ids.
-            encoder_outputs: the encoder's output for the same batch (beam-expanded in generation).
+            input_ids: (B, T) decoder input ids (or `inputs_embeds` (B, T, E) instead).
+            encoder_outputs: the encoder's output for the same batch (one row per sentence, or per beam).
             encoder_attention_mask: (B, S) 1 for real source tokens.
             decoder_attention_mask: (B, T) 1 for real target tokens (keys of the self-attention only: padded
                 targets sit at the end, which a causal decoder never looks ahead to).
         """
-        check_token_ids(input_ids, self.config.decoder_vocab_size, "decoder_input_ids")
-        if decoder_attention_mask is not None and tuple(decoder_attention_mask.shape) != tuple(input_ids.shape):
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("Pass exactly one of `decoder_input_ids` or `decoder_inputs_embeds` to the decoder.")
+        if input_ids is not None:
+            check_token_ids(input_ids, self.config.decoder_vocab_size, "decoder_input_ids")
+            inputs_embeds = self.embed_tokens(input_ids)
+        shape = tuple(inputs_embeds.shape[:2])
+        if decoder_attention_mask is not None and tuple(decoder_attention_mask.shape) != shape:
             raise ValueError(
-                f"`decoder_attention_mask` has shape {tuple(decoder_attention_mask.shape)} but `decoder_input_ids` "
-                f"have shape {tuple(input_ids.shape)}."
+                f"`decoder_attention_mask` has shape {tuple(decoder_attention_mask.shape)} but the decoder inputs "
+                f"have shape {shape}."
             )
         if cache is None:
-            cache = self.init_cache(encoder_outputs, encoder_attention_mask, batch_size=input_ids.shape[0])
-        embeddings = self.embedding_dropout(self.embed_tokens(input_ids))
-        # Fused only pays off over several positions; a single position (generation) takes the step path.
-        fused = self.config.fused_decoder and input_ids.shape[1] > 1
-        if fused:
-            outputs, cross_weights, self_weights = self._forward_fused(
-                embeddings, cache, encoder_attention_mask, decoder_attention_mask
-            )
-        else:
-            outputs, cross_weights, self_weights = self._forward_steps(
-                embeddings, cache, encoder_attention_mask, decoder_attention_mask,
-                self._packed_weights(cache, input_ids.shape[1]),
-            )
-        cache.seen_tokens += input_ids.shape[1]
+            cache = self.init_cache(encoder_outputs, encoder_attention_mask, batch_size=shape[0])
+        embeddings = self.embedding_dropout(inputs_embeds)
+        # fused only pays off over several positions; a single position (generation) takes the step driver
+        drive = self._forward_fused if self.config.fused_decoder and shape[1] > 1 else self._forward_steps
+        outputs, cross_weights, self_weights = drive(embeddings, cache, encoder_attention_mask, decoder_attention_mask)
+        cache.seen_tokens += shape[1]
         return S2SDecoderOutput(
             last_hidden_state=outputs,
             cache=cache if use_cache else None,
@@ -1148,164 +774,7 @@ class S2SDecoder(nn.Module):
         )
 
 
-# Stopping criteria and logits processors that judge each row by its own tokens and scores alone (no state per
-# batch position): with only these, finished rows can leave the batch without changing the other rows' outputs.
-_ROW_LOCAL_STOPPING_CRITERIA = (
-    hf_criteria.MaxLengthCriteria,
-    hf_criteria.MaxTimeCriteria,
-    hf_criteria.EosTokenCriteria,
-    hf_criteria.StopStringCriteria,
-)
-_ROW_LOCAL_PROCESSORS = (
-    hf_processors.MinLengthLogitsProcessor,
-    hf_processors.MinNewTokensLengthLogitsProcessor,
-    hf_processors.TemperatureLogitsWarper,
-    hf_processors.RepetitionPenaltyLogitsProcessor,
-    hf_processors.NoRepeatNGramLogitsProcessor,
-    hf_processors.SequenceBiasLogitsProcessor,
-    hf_processors.NoBadWordsLogitsProcessor,
-    hf_processors.ForcedBOSTokenLogitsProcessor,
-    hf_processors.ForcedEOSTokenLogitsProcessor,
-    hf_processors.InfNanRemoveLogitsProcessor,
-    hf_processors.ExponentialDecayLengthPenalty,
-    hf_processors.LogitNormalization,
-    hf_processors.SuppressTokensAtBeginLogitsProcessor,
-    hf_processors.SuppressTokensLogitsProcessor,
-)
-
-
-def _is_row_local_processor(processor) -> bool:
-    # A repetition penalty may carry a prompt length per batch row.
-    per_row_prompt = torch.is_tensor(getattr(processor, "prompt_ignore_length", None))
-    return type(processor) in _ROW_LOCAL_PROCESSORS and not per_row_prompt
-
-
-@dataclass
-class _LiveBeams:
-    """Beam search state of some sentences, in transformers' names (`GenerationMixin._beam_search`); k beams.
-
-    `sentences` (n,) are their indices in generate()'s batch; every other field has n rows: running_sequences and
-    sequences (finished hypotheses) (n, k, max_length), running_beam_scores, beam_scores and is_sent_finished
-    (n, k), running_beam_indices and beam_indices (n, k, max_length - prompt), is_early_stop_heuristic_unsatisfied
-    (n, 1).
-    """
-
-    sentences: torch.Tensor
-    running_sequences: torch.Tensor
-    running_beam_scores: torch.Tensor
-    running_beam_indices: torch.Tensor
-    sequences: torch.Tensor
-    beam_scores: torch.Tensor
-    beam_indices: torch.Tensor
-    is_sent_finished: torch.Tensor
-    is_early_stop_heuristic_unsatisfied: torch.Tensor
-
-    @classmethod
-    def start(cls, input_ids, batch_size: int, num_beams: int, max_length: int, fill_value) -> _LiveBeams:
-        """The state before the first step, as transformers initialises it. input_ids: (B·k, t) prompts."""
-        device, prompt_length = input_ids.device, input_ids.shape[1]
-        sequences = torch.full((batch_size, num_beams, max_length), int(fill_value), dtype=torch.long, device=device)
-        sequences[:, :, :prompt_length] = input_ids.view(batch_size, num_beams, -1)
-        running_scores = torch.zeros(batch_size, num_beams, device=device)
-        running_scores[:, 1:] = -1e9  # only the first beam is expanded at the first step
-        indices = torch.full((batch_size, num_beams, max_length - prompt_length), -1, dtype=torch.int32, device=device)
-        return cls(
-            sentences=torch.arange(batch_size, device=device),
-            running_sequences=sequences,
-            running_beam_scores=running_scores,
-            running_beam_indices=indices,
-            sequences=sequences.clone(),
-            beam_scores=torch.full((batch_size, num_beams), -1e9, device=device),
-            beam_indices=indices.clone(),
-            is_sent_finished=torch.zeros(batch_size, num_beams, dtype=torch.bool, device=device),
-            is_early_stop_heuristic_unsatisfied=torch.ones(batch_size, 1, dtype=torch.bool, device=device),
-        )
-
-    def select(self, index: torch.Tensor) -> _LiveBeams:
-        return _LiveBeams(**{field.name: getattr(self, field.name)[index] for field in fields(self)})
-
-    def store(self, other: _LiveBeams) -> None:
-        """Copy the finished hypotheses of `other`'s sentences into this whole-batch state."""
-        for name in ("sequences", "beam_scores", "beam_indices"):
-            getattr(self, name)[other.sentences] = getattr(other, name)
-
-    def output(self, generation_config, prompt_length: int, cache) -> torch.LongTensor | GenerateBeamEncoderDecoderOutput:
-        """transformers' result: the best `num_return_sequences` hypotheses per sentence, cropped to the longest."""
-        count = generation_config.num_return_sequences
-        sequences = self.sequences[:, :count].flatten(0, 1)
-        beam_indices = self.beam_indices[:, :count].flatten(0, 1)
-        generated = int(((beam_indices + 1).bool()).sum(dim=1).max())
-        sequences, beam_indices = sequences[:, : prompt_length + generated], beam_indices[:, :generated]
-        if generation_config.return_dict_in_generate:
-            return GenerateBeamEncoderDecoderOutput(sequences=sequences, beam_indices=beam_indices, cache=cache)
-        return sequences
-
-
-def _every_nth_row(encoder_outputs: S2SEncoderOutput, n: int) -> S2SEncoderOutput:
-    """Rows 0, n, 2n, ... of every tensor in `encoder_outputs` (undoes transformers' per-beam repetition)."""
-    return S2SEncoderOutput(
-        **{key: value[::n] if torch.is_tensor(value) else value for key, value in encoder_outputs.items()}
-    )
-
-
-def _mask_per_source(mask: torch.Tensor | None, sources: int, group: int) -> torch.Tensor | None:
-    """A source mask of one row per sentence: (B, S) from (B, S) or from the (g·B, S) mask of g rows per sentence."""
-    if mask is None or mask.shape[0] == sources:
-        return mask
-    return mask[::group]
-
-
-def _label_span_mask(labels: torch.Tensor) -> torch.Tensor | None:
-    """(B, T) bool mask of the positions up to each row's last label that is not -100, or None when every row
-    has a label at its last position. The positions after it predict nothing."""
-    positions = torch.arange(1, labels.shape[1] + 1, device=labels.device)
-    lengths = (labels.ne(-100) * positions).amax(dim=1)
-    if bool((lengths == labels.shape[1]).all()):
-        return None
-    return positions[None, :] <= lengths[:, None]
-
-
-def _lstm_cell(gates_x, hidden, cell, w_hh, b_hh):
-    """One LSTM step with PyTorch's gate order (i, f, g, o). gates_x: (B, 4H) input share incl. b_ih."""
-    return _lstm_pointwise(gates_x + F.linear(hidden, w_hh, b_hh), cell)
-
-
-def _merge_lstm(w_ih, w_hh, b_ih, b_hh) -> tuple[torch.Tensor, torch.Tensor]:
-    """One LSTM layer's weights for a single matmul over [x; h]: [W_ih | W_hh] and b_ih + b_hh."""
-    return torch.cat([w_ih, w_hh], dim=1), b_ih + b_hh
-
-
-def _lstm_pointwise(gates, cell):
-    """The LSTM update from all pre-activations (B, 4H) and the previous cell (B, H) -> (hidden, cell)."""
-    in_gate, forget_gate, candidate, out_gate = gates.chunk(4, dim=1)
-    cell = torch.sigmoid(forget_gate) * cell + torch.sigmoid(in_gate) * torch.tanh(candidate)
-    return torch.sigmoid(out_gate) * torch.tanh(cell), cell
-
-
-def _gru_cell(gates_x, hidden, cell, w_hh, b_hh):
-    """One GRU step with PyTorch's gate order (r, z, n); `cell` is unused (None)."""
-    return _gru_pointwise(gates_x, F.linear(hidden, w_hh, b_hh), hidden), None
-
-
-def _gru_pointwise(gates_x, gates_h, hidden):
-    """The GRU update from the input's and the hidden state's pre-activations (B, 3H) each -> hidden (B, H)."""
-    x_reset, x_update, x_new = gates_x.chunk(3, dim=1)
-    h_reset, h_update, h_new = gates_h.chunk(3, dim=1)
-    reset = torch.sigmoid(x_reset + h_reset)
-    update = torch.sigmoid(x_update + h_update)
-    candidate = torch.tanh(x_new + reset * h_new)
-    return (1 - update) * candidate + update * hidden
-
-
-def _cat_ragged(step_weights: list[torch.Tensor]) -> torch.Tensor:
-    """Stack per-step self-attention weights (B, h, 1, k_t) of growing k_t into (B, h, T, k_T), zero-padded."""
-    width = step_weights[-1].shape[-1]
-    return torch.cat([F.pad(w, (0, width - w.shape[-1])) for w in step_weights], dim=2)
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Models
-# ---------------------------------------------------------------------------------------------------------------
+# -------------------- Models --------------------------------------------------------------------------------
 
 
 class S2SModel(S2SPreTrainedModel):
@@ -1357,20 +826,15 @@ class S2SModel(S2SPreTrainedModel):
 
     @deprecate_kwarg("past_key_values", version="6.0.0", new_name="cache")
     def forward(
-        self,
-        input_ids: torch.LongTensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-        decoder_input_ids: torch.LongTensor | None = None,
-        decoder_attention_mask: torch.Tensor | None = None,
-        encoder_outputs: S2SEncoderOutput | None = None,
-        cache: S2SDecoderCache | None = None,
-        inputs_embeds: torch.FloatTensor | None = None,
-        use_cache: bool | None = None,
-        output_attentions: bool | None = None,
-        output_hidden_states: bool | None = None,
-        return_dict: bool | None = None,
+        self, input_ids: torch.LongTensor | None = None, attention_mask: torch.Tensor | None = None,
+        decoder_input_ids: torch.LongTensor | None = None, decoder_attention_mask: torch.Tensor | None = None,
+        encoder_outputs: S2SEncoderOutput | None = None, cache: S2SDecoderCache | None = None,
+        inputs_embeds: torch.FloatTensor | None = None, decoder_inputs_embeds: torch.FloatTensor | None = None,
+        use_cache: bool | None = None, output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None, return_dict: bool | None = None,
     ) -> Seq2SeqModelOutput | tuple:
-        """Encode (unless `encoder_outputs` are given) and decode `decoder_input_ids` (B, T).
+        """Encode (unless `encoder_outputs` are given) and decode `decoder_input_ids` (B, T) (or
+        `decoder_inputs_embeds` (B, T, E)).
 
         Returns `Seq2SeqModelOutput` with `last_hidden_state` (B, T, H) attentional vectors, `cache`
         (`S2SDecoderCache`) when `use_cache`, `cross_attentions` ((B, h, T, S),) when `output_attentions`.
@@ -1379,18 +843,14 @@ class S2SModel(S2SPreTrainedModel):
         return_dict = self.config.return_dict if return_dict is None else return_dict
         output_attentions = bool(output_attentions)
         output_hidden_states = bool(output_hidden_states)
-        if decoder_input_ids is None:
+        if decoder_input_ids is None and decoder_inputs_embeds is None:
             raise ValueError(
                 "`decoder_input_ids` are required: pass them, or pass `labels` to S2SForConditionalGeneration "
                 "(decoder inputs are then built by shifting the labels right), or call `generate()`."
             )
         if encoder_outputs is None:
-            encoder_outputs = self.encoder(
-                input_ids=input_ids,
-                attention_mask=attention_mask,
-                inputs_embeds=inputs_embeds,
-                output_hidden_states=output_hidden_states,
-            )
+            encoder_outputs = self.encoder(input_ids=input_ids, attention_mask=attention_mask,
+                                           inputs_embeds=inputs_embeds, output_hidden_states=output_hidden_states)
         elif not isinstance(encoder_outputs, S2SEncoderOutput):
             raise ValueError(
                 f"`encoder_outputs` must be the S2SEncoderOutput returned by `model.get_encoder()(...)`; got "
@@ -1400,14 +860,9 @@ class S2SModel(S2SPreTrainedModel):
         if cache is not None and not isinstance(cache, S2SDecoderCache):
             cache = None  # e.g. an empty transformers Cache: the recurrent state starts from the bridge
         decoder_outputs = self.decoder(
-            decoder_input_ids,
-            encoder_outputs,
-            source_mask,
-            cache=cache,
-            decoder_attention_mask=decoder_attention_mask,
-            use_cache=use_cache,
-            output_attentions=output_attentions,
-            output_hidden_states=output_hidden_states,
+            decoder_input_ids, encoder_outputs, source_mask, cache=cache, decoder_attention_mask=decoder_attention_mask,
+            use_cache=use_cache, output_attentions=output_attentions, output_hidden_states=output_hidden_states,
+            inputs_embeds=decoder_inputs_embeds,
         )
         output = Seq2SeqModelOutput(
             last_hidden_state=decoder_outputs.last_hidden_state,
@@ -1422,7 +877,7 @@ class S2SModel(S2SPreTrainedModel):
         return output if return_dict else output.to_tuple()
 
 
-class S2SForConditionalGeneration(S2SPreTrainedModel, GenerationMixin):
+class S2SForConditionalGeneration(ResizableVocabularyMixin, S2SPreTrainedModel, GenerationMixin):
     """Encoder–decoder with a language-modelling head; trains with `labels` and decodes with `generate()`."""
 
     accepts_loss_kwargs = True
@@ -1443,17 +898,11 @@ class S2SForConditionalGeneration(S2SPreTrainedModel, GenerationMixin):
         self._tied_weights_keys = {f"model.{k}": f"model.{v}" for k, v in (self.model._tied_weights_keys or {}).items()}
         if tied:
             self._tied_weights_keys["lm_head.weight"] = embedding_source
-        self._set_default_generation_config()
-        # Scratch state of one beam search call (see `_beam_search`): which sentences are settled, (B,) bool.
-        self._drop_settled_beams = False
-        self._settled_sentences: torch.Tensor | None = None
-        self.post_init()
-
-    def _set_default_generation_config(self) -> None:
         generation_config = self.generation_config
         generation_config.num_beams = 5
         generation_config.max_length = 128
         generation_config.early_stopping = True
+        self.post_init()
 
     def get_encoder(self, modality: str | None = None) -> S2SEncoder:
         return self.model.encoder
@@ -1473,60 +922,18 @@ class S2SForConditionalGeneration(S2SPreTrainedModel, GenerationMixin):
     def set_output_embeddings(self, new_embeddings: nn.Linear) -> None:
         self.lm_head = new_embeddings
 
-    def _resize_token_embeddings(self, new_num_tokens, pad_to_multiple_of=None, *args):
-        """Resize the source embeddings; with a joint vocabulary, also the decoder side and `lm_head`."""
-        old_embeddings = self.get_input_embeddings()
-        new_embeddings = self._get_resized_embeddings(old_embeddings, new_num_tokens, pad_to_multiple_of)
-        self.set_input_embeddings(new_embeddings)
-        size = new_embeddings.weight.shape[0]
-        if self.config.share_encoder_decoder_embeddings:
-            self.config.decoder_vocab_size = size
-            self._resize_lm_head(size)
-        return new_embeddings
-
-    def _resize_lm_head(self, size: int) -> None:
-        if self.config.tie_word_embeddings:
-            self.lm_head = nn.Linear(self.lm_head.in_features, size, bias=False, device=self.lm_head.weight.device)
-        else:
-            self.lm_head = self._get_resized_lm_head(self.lm_head, size)
-
-    def resize_decoder_token_embeddings(self, new_num_tokens: int) -> nn.Embedding:
-        """Resize the target vocabulary (decoder embeddings and `lm_head`) when vocabularies are separate."""
-        if self.config.share_encoder_decoder_embeddings:
-            raise ValueError(
-                "`resize_decoder_token_embeddings` needs `share_encoder_decoder_embeddings=False`; with a joint "
-                "vocabulary use `resize_token_embeddings`."
-            )
-        new_embeddings = self._get_resized_embeddings(self.model.get_decoder_input_embeddings(), new_num_tokens)
-        self.model.set_decoder_input_embeddings(new_embeddings)
-        self.config.decoder_vocab_size = new_num_tokens
-        self._resize_lm_head(new_num_tokens)
-        self.tie_weights()
-        return new_embeddings
-
     def prepare_decoder_input_ids_from_labels(self, labels: torch.Tensor) -> torch.Tensor:
         return shift_tokens_right(labels, self.config.pad_token_id, self.config.decoder_start_token_id)
 
-    def _vocabulary_logits(self, hidden: torch.Tensor, cache: S2SDecoderCache | None) -> torch.Tensor:
-        """(B, T, H) attentional vectors -> (B, T, V) logits, through the cache's `PackedWeights` when it has them."""
-        # the cache's packed weights serve decoding; with gradients on they may be stale after an optimizer step
-        packed = cache.packed_weights if isinstance(cache, S2SDecoderCache) and not torch.is_grad_enabled() else None
-        plain_head = type(self.lm_head) is nn.Linear and type(self.output_projection) in (nn.Linear, nn.Identity)
-        if packed is None or not plain_head:
-            return self.lm_head(self.output_projection(hidden))
-        return packed.module("lm_head", packed.module("output_projection", hidden, self.output_projection), self.lm_head)
+    def vocabulary_logits(self, hidden: torch.Tensor, cache: S2SDecoderCache | None = None) -> torch.Tensor:
+        """(…, H) attentional vectors -> (…, V) logits: lm_head(output_projection(a))."""
+        fast = output_logits(self, hidden, cache) if self.config.fast_paths else None
+        return fast if fast is not None else self.lm_head(self.output_projection(hidden))
 
-    def _span_logits_and_loss(self, hidden, labels, label_span, num_items_in_batch):
-        """Logits (B, T, V) and loss with the output layer run only inside `label_span` (B, T): it is the largest
-        matmul of a step, and the positions after a row's last label predict nothing (their logits stay 0)."""
-        span_logits = self._vocabulary_logits(hidden[label_span], None)  # (N, V)
-        loss = self._loss(span_logits, labels[label_span], num_items_in_batch)
-        logits = span_logits.new_zeros(*labels.shape, span_logits.shape[-1]).index_put_((label_span,), span_logits)
-        return logits, loss
-
-    def _loss(self, logits: torch.Tensor, labels: torch.Tensor, num_items_in_batch) -> torch.Tensor:
-        # logits (..., V) and labels (...). Sum over tokens, divided by the real-token count of the whole
-        # (accumulated) batch when Trainer gives it.
+    def token_loss(self, logits: torch.Tensor, labels: torch.Tensor, num_items_in_batch=None) -> torch.Tensor:
+        """Cross-entropy of logits (..., V) against labels (...), `-100` ignored, with `config.label_smoothing`:
+        summed over tokens, divided by the real-token count of the whole (accumulated) batch when Trainer gives it
+        (`num_items_in_batch`), else of this batch."""
         loss = F.cross_entropy(
             logits.float().reshape(-1, logits.shape[-1]),
             labels.reshape(-1),
@@ -1541,376 +948,57 @@ class S2SForConditionalGeneration(S2SPreTrainedModel, GenerationMixin):
 
     @deprecate_kwarg("past_key_values", version="6.0.0", new_name="cache")
     def forward(
-        self,
-        input_ids: torch.LongTensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-        decoder_input_ids: torch.LongTensor | None = None,
-        decoder_attention_mask: torch.Tensor | None = None,
-        encoder_outputs: S2SEncoderOutput | None = None,
-        cache: S2SDecoderCache | None = None,
-        inputs_embeds: torch.FloatTensor | None = None,
-        labels: torch.LongTensor | None = None,
-        use_cache: bool | None = None,
-        output_attentions: bool | None = None,
-        output_hidden_states: bool | None = None,
-        return_dict: bool | None = None,
-        num_items_in_batch: int | torch.Tensor | None = None,
+        self, input_ids: torch.LongTensor | None = None, attention_mask: torch.Tensor | None = None,
+        decoder_input_ids: torch.LongTensor | None = None, decoder_attention_mask: torch.Tensor | None = None,
+        encoder_outputs: S2SEncoderOutput | None = None, cache: S2SDecoderCache | None = None,
+        inputs_embeds: torch.FloatTensor | None = None, decoder_inputs_embeds: torch.FloatTensor | None = None,
+        labels: torch.LongTensor | None = None, use_cache: bool | None = None,
+        output_attentions: bool | None = None, output_hidden_states: bool | None = None,
+        return_dict: bool | None = None, num_items_in_batch: int | torch.Tensor | None = None,
     ) -> Seq2SeqLMOutput | tuple:
         """Returns `Seq2SeqLMOutput` with logits (B, T, V) and, given `labels` (B, T) (`-100` ignored), the
-        token-averaged cross-entropy `loss`. Without `decoder_input_ids`, they are `labels` shifted right.
+        token-averaged cross-entropy `loss`. Without decoder inputs, they are `labels` shifted right.
 
-        In training mode with `labels`, the output layer (the largest matmul) runs only up to each row's last label
-        that is not -100 (the padding of a batch is skipped); the logits after it are 0."""
+        With `config.fast_paths`, training mode and `labels`, the output layer runs only up to each row's last
+        label that is not -100 (`fast_paths.span_logits_and_loss`); the logits after it are 0."""
         return_dict = self.config.return_dict if return_dict is None else return_dict
-        label_span = None
         if labels is not None:
             check_token_ids(labels, self.config.decoder_vocab_size, "labels", allow_ignore_index=True)
             use_cache = False
-            if decoder_input_ids is None:
+            if decoder_input_ids is None and decoder_inputs_embeds is None:
                 decoder_input_ids = self.prepare_decoder_input_ids_from_labels(labels)
-            if labels.shape != decoder_input_ids.shape:
+            decoder_shape = (decoder_input_ids if decoder_input_ids is not None else decoder_inputs_embeds).shape[:2]
+            if tuple(labels.shape) != tuple(decoder_shape):
                 raise ValueError(
                     f"`labels` have shape {tuple(labels.shape)} but the decoder inputs have shape "
-                    f"{tuple(decoder_input_ids.shape)}."
+                    f"{tuple(decoder_shape)}."
                 )
-            if self.training:
-                label_span = _label_span_mask(labels)
-        active_rows = cache.active_rows if isinstance(cache, S2SDecoderCache) else None
-        if active_rows is not None:
-            return self._forward_active_rows(
-                decoder_input_ids, attention_mask, encoder_outputs, cache, return_dict
-            )
         outputs = self.model(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            decoder_input_ids=decoder_input_ids,
-            decoder_attention_mask=decoder_attention_mask,
-            encoder_outputs=encoder_outputs,
-            cache=cache,
-            inputs_embeds=inputs_embeds,
-            use_cache=use_cache,
-            output_attentions=output_attentions,
-            output_hidden_states=output_hidden_states,
-            return_dict=True,
+            input_ids=input_ids, attention_mask=attention_mask, decoder_input_ids=decoder_input_ids,
+            decoder_attention_mask=decoder_attention_mask, encoder_outputs=encoder_outputs, cache=cache,
+            inputs_embeds=inputs_embeds, decoder_inputs_embeds=decoder_inputs_embeds, use_cache=use_cache,
+            output_attentions=output_attentions, output_hidden_states=output_hidden_states, return_dict=True,
         )
-        if label_span is not None:
-            logits, loss = self._span_logits_and_loss(outputs.last_hidden_state, labels, label_span, num_items_in_batch)
+        hidden = outputs.last_hidden_state
+        fast = None
+        if labels is not None and self.training and self.config.fast_paths:
+            fast = span_logits_and_loss(self, hidden, labels, num_items_in_batch)
+        if fast is not None:
+            logits, loss = fast
         else:
-            logits = self._vocabulary_logits(outputs.last_hidden_state, outputs.cache)
-            loss = self._loss(logits, labels, num_items_in_batch) if labels is not None else None
-        output = Seq2SeqLMOutput(
-            loss=loss,
-            logits=logits,
-            cache=outputs.cache,
-            decoder_hidden_states=outputs.decoder_hidden_states,
-            decoder_attentions=outputs.decoder_attentions,
-            cross_attentions=outputs.cross_attentions,
-            encoder_last_hidden_state=outputs.encoder_last_hidden_state,
-            encoder_hidden_states=outputs.encoder_hidden_states,
-            encoder_attentions=outputs.encoder_attentions,
-        )
+            logits = self.vocabulary_logits(hidden, outputs.cache)
+            loss = self.token_loss(logits, labels, num_items_in_batch) if labels is not None else None
+        passed_on = {key: value for key, value in outputs.items() if key != "last_hidden_state"}
+        output = Seq2SeqLMOutput(loss=loss, logits=logits, **passed_on)
         return output if return_dict else output.to_tuple()
 
-    # -- generation: finished rows leave the batch -------------------------------------------------------------
-
-    def _sample(
-        self, input_ids, logits_processor, stopping_criteria, generation_config, synced_gpus=False, streamer=None,
-        **model_kwargs,
-    ):
-        """transformers' greedy search / sampling, with finished rows dropped from the decoder state.
-
-        transformers keeps computing a row after it has produced EOS (and pads its output) until the last row of
-        the batch ends. Here finished rows cost nothing, and the generated tokens are the same:
-        - greedy search with only row-local processors and stopping criteria (`_rows_can_leave_the_batch`) runs
-          `_greedy_search_shrinking_batch`, where finished rows leave every per-step tensor;
-        - otherwise transformers' loop runs, and the decoder state of every row that an `EosTokenCriteria` has
-          finished is dropped (`S2SDecoderCache.drop_finished_rows`): the model computes only the rest.
-        Per-step attentions and hidden states cover the whole batch, so asking for them keeps every row.
-        """
-        eos_token_ids = next((c.eos_token_id for c in stopping_criteria if isinstance(c, EosTokenCriteria)), None)
-        if eos_token_ids is not None and self._may_drop_rows(generation_config, synced_gpus):
-            lean = streamer is None and self._rows_can_leave_the_batch(
-                logits_processor, stopping_criteria, generation_config, model_kwargs
-            )
-            if lean:
-                return self._greedy_search_shrinking_batch(
-                    input_ids, logits_processor, stopping_criteria, generation_config, model_kwargs
-                )
-            model_kwargs["finished_rows_eos_token_ids"] = eos_token_ids
-        return super()._sample(
-            input_ids, logits_processor, stopping_criteria, generation_config, synced_gpus=synced_gpus,
-            streamer=streamer, **model_kwargs,
-        )
-
-    @staticmethod
-    def _rows_can_leave_the_batch(logits_processor, stopping_criteria, generation_config, model_kwargs) -> bool:
-        """Whether greedy or beam search may run on the unfinished rows (sentences) alone: no sampling, every
-        processor and stopping criterion judges a row by that row's tokens and scores only, and nothing is asked
-        for per step (scores, logits) or for every row."""
-        per_step_outputs = generation_config.return_dict_in_generate and (
-            generation_config.output_scores or generation_config.output_logits
-        )
-        if generation_config.do_sample or per_step_outputs:
-            return False
-        if model_kwargs.get("decoder_attention_mask") is not None or not model_kwargs.get("use_cache", True):
-            return False
-        return all(_is_row_local_processor(p) for p in logits_processor) and all(
-            type(c) in _ROW_LOCAL_STOPPING_CRITERIA for c in stopping_criteria
-        )
-
-    def _greedy_search_shrinking_batch(
-        self, input_ids, logits_processor, stopping_criteria, generation_config, model_kwargs
-    ) -> torch.LongTensor | GenerateEncoderDecoderOutput:
-        """Greedy search over the rows that have not finished; the same tokens as transformers' `_sample`.
-
-        input_ids: (B, t) decoder prompt. Returns (B, t + n) sequences, where n is the step at which the last row
-        finished; a row that finished earlier is padded with `pad_token_id`, as transformers pads it. Each step
-        runs the decoder, the processors, argmax and the stopping criteria on the unfinished rows only.
-        """
-        batch_size, length = input_ids.shape
-        outputs = self._prefill(input_ids, generation_config, model_kwargs)  # the whole prompt, every row
-        cache = outputs.cache
-        encoder_outputs = model_kwargs["encoder_outputs"]
-        source_mask = model_kwargs.get("attention_mask")
-        if source_mask is None:
-            source_mask = encoder_outputs.attention_mask
-        pad_token_id = int(generation_config._pad_token_tensor)
-        sequences = F.pad(input_ids, (0, max(generation_config.max_length - length, 0)), value=pad_token_id)
-        alive = torch.arange(batch_size, device=input_ids.device)
-        logits = outputs.logits[:, -1].float()
-        del outputs
-        while True:
-            scores = logits_processor(sequences[alive, :length], logits)
-            next_tokens = scores.argmax(dim=-1)
-            if length >= sequences.shape[1]:  # no room left: a stopping criterion other than max_length decides
-                sequences = F.pad(sequences, (0, sequences.shape[1]), value=pad_token_id)
-            sequences[alive, length] = next_tokens
-            length += 1
-            finished = stopping_criteria(sequences[alive, :length], None)
-            if bool(finished.all()):
-                break
-            if bool(finished.any()):
-                keep = (~finished).nonzero().squeeze(1)
-                alive, next_tokens = alive[keep], next_tokens[keep]
-                source_mask = source_mask[keep] if source_mask is not None else None
-                cache.batch_select_indices(keep)
-            step = self.model.decoder(
-                next_tokens[:, None], encoder_outputs, source_mask, cache=cache, use_cache=True
-            )
-            logits = self._vocabulary_logits(step.last_hidden_state[:, -1], cache).float()
-        sequences = sequences[:, :length]
-        if generation_config.return_dict_in_generate:
-            return GenerateEncoderDecoderOutput(sequences=sequences, cache=cache)
-        return sequences
-
-    def _beam_search(
-        self, input_ids, logits_processor, stopping_criteria, generation_config, synced_gpus=False, **model_kwargs
-    ):
-        """transformers' beam search, with the beams of settled sentences costing nothing.
-
-        transformers keeps running every beam until the last sentence of the batch is settled. A sentence is
-        settled once its finished hypotheses can no longer change; the returned hypotheses are the same when it
-        stops being computed:
-        - with only row-local processors and stopping criteria and no per-step outputs, beam search runs
-          `_beam_search_shrinking_batch`, where settled sentences leave every per-step tensor;
-        - otherwise transformers' loop runs, and from the step after a sentence settles
-          (`_beam_search_has_unfinished_sequences` sees it) its beams leave the decoder state
-          (`S2SDecoderCache.drop_finished_rows`). Beam sampling and per-step attentions/hidden states keep every beam.
-
-        transformers repeats the encoder outputs once per beam; the decoder gets them once per sentence instead
-        (`S2SDecoder.init_cache`), so the beams of a sentence attend over one copy of its source memory.
-        """
-        may_drop = self._may_drop_rows(generation_config, synced_gpus)
-        if may_drop:  # with per-step tensors transformers also returns the encoder outputs: keep them per beam
-            model_kwargs["encoder_outputs"] = _every_nth_row(model_kwargs["encoder_outputs"], generation_config.num_beams)
-            lean = not generation_config.low_memory and self._rows_can_leave_the_batch(
-                logits_processor, stopping_criteria, generation_config, model_kwargs
-            )
-            if lean:
-                return self._beam_search_shrinking_batch(
-                    input_ids, logits_processor, stopping_criteria, generation_config, model_kwargs
-                )
-        self._drop_settled_beams = may_drop and not generation_config.do_sample
-        try:
-            return super()._beam_search(
-                input_ids, logits_processor, stopping_criteria, generation_config, synced_gpus=synced_gpus,
-                **model_kwargs,
-            )
-        finally:
-            self._drop_settled_beams, self._settled_sentences = False, None
-
-    def _beam_search_shrinking_batch(
-        self, input_ids, logits_processor, stopping_criteria, generation_config, model_kwargs
-    ) -> torch.LongTensor | GenerateBeamEncoderDecoderOutput:
-        """transformers' beam search (`GenerationMixin._beam_search`) over the sentences that are not settled.
-
-        Every step goes through transformers' own helpers (top-k continuations, running beams, finished hypotheses,
-        early-stop heuristic), so hypotheses, scores and beam indices are transformers'; but the logits, log-softmax,
-        top-k and decoder state of a step cover only the sentences whose finished hypotheses can still change. A
-        settled sentence's hypotheses are final: they are stored and the sentence leaves. input_ids: (B·k, t).
-        Returns what transformers returns without per-step outputs: sequences (B·r, t + n) (r =
-        `num_return_sequences`) and, in a dict, their beam indices.
-        """
-        config = generation_config
-        num_beams, max_length, prompt_length = config.num_beams, config.max_length, input_ids.shape[1]
-        batch_size = input_ids.shape[0] // num_beams
-        eos_token_id, pad_token_id = config._eos_token_tensor, config._pad_token_tensor
-        beams_to_keep = max(2, 1 + (eos_token_id.shape[0] if eos_token_id is not None else 0)) * num_beams
-        top_num_beam_mask = torch.arange(beams_to_keep, device=input_ids.device) < num_beams
-        fill_value = pad_token_id or eos_token_id[0] if eos_token_id is not None else -1  # as transformers fills
-        live = _LiveBeams.start(input_ids, batch_size, num_beams, max_length, fill_value)
-        final = _LiveBeams.start(input_ids, batch_size, num_beams, max_length, fill_value)
-        outputs = self._prefill(input_ids, config, model_kwargs)  # every beam of every sentence
-        cache, logits = outputs.cache, outputs.logits[:, -1]
-        del outputs
-        encoder_outputs = model_kwargs["encoder_outputs"]
-        source_mask = model_kwargs.get("attention_mask")
-        if source_mask is None and encoder_outputs.attention_mask is not None:
-            source_mask = encoder_outputs.attention_mask.repeat_interleave(num_beams, dim=0)
-        cur_len = prompt_length
-        while True:
-            count = live.sentences.shape[0]
-            log_probs = logits_processor(
-                live.running_sequences[:, :, :cur_len].flatten(0, 1), F.log_softmax(logits.float(), dim=-1)
-            )
-            # in place: the log-probabilities are this step's own tensor (values as transformers' out-of-place sum)
-            accumulated = log_probs.view(count, num_beams, -1).add_(live.running_beam_scores[:, :, None]).view(count, -1)
-            topk_log_probs, topk_sequences, topk_beam_indices = self._get_top_k_continuations(
-                accumulated_log_probs=accumulated, running_sequences=live.running_sequences,
-                running_beam_indices=live.running_beam_indices, cur_len=cur_len, decoder_prompt_len=prompt_length,
-                do_sample=False, beams_to_keep=beams_to_keep, num_beams=num_beams, batch_size=count,
-            )
-            # beam indices count over generate()'s whole batch: live sentence i is sentence `live.sentences[i]`
-            offset = (live.sentences - torch.arange(count, device=logits.device)) * num_beams
-            topk_beam_indices[:, :, cur_len - prompt_length] += offset[:, None].to(topk_beam_indices.dtype)
-            hits = stopping_criteria(topk_sequences[:, :, : cur_len + 1].flatten(0, 1), None).view(count, -1)
-            live.running_sequences, live.running_beam_scores, live.running_beam_indices = (
-                self._get_running_beams_for_next_iteration(
-                    topk_log_probs, topk_sequences, topk_beam_indices, hits, num_beams
-                )
-            )
-            live.sequences, live.beam_scores, live.beam_indices, live.is_sent_finished = self._update_finished_beams(
-                sequences=live.sequences, topk_running_sequences=topk_sequences, beam_scores=live.beam_scores,
-                topk_log_probs=topk_log_probs, beam_indices=live.beam_indices,
-                topk_running_beam_indices=topk_beam_indices,
-                is_early_stop_heuristic_unsatisfied=live.is_early_stop_heuristic_unsatisfied,
-                is_sent_finished=live.is_sent_finished, next_token_hits_stopping_criteria=hits,
-                top_num_beam_mask=top_num_beam_mask, num_beams=num_beams, cur_len=cur_len,
-                decoder_prompt_len=prompt_length, length_penalty=config.length_penalty,
-                early_stopping=config.early_stopping,
-            )
-            # this step's parent beams, as rows of the (shrunken) cache
-            parents = live.running_beam_indices[..., cur_len - prompt_length] - offset[:, None]
-            cur_len += 1
-            live.is_early_stop_heuristic_unsatisfied = self._check_early_stop_heuristic(
-                live.is_early_stop_heuristic_unsatisfied, live.running_beam_scores, live.beam_scores,
-                live.is_sent_finished, cur_len, max_length, prompt_length, config.early_stopping, config.length_penalty,
-            )
-            searching = GenerationMixin._beam_search_has_unfinished_sequences(
-                live.is_early_stop_heuristic_unsatisfied, live.is_sent_finished, hits, config.early_stopping
-            )
-            settled = live.is_sent_finished.all(dim=-1) & (
-                (config.early_stopping is True) | ~live.is_early_stop_heuristic_unsatisfied.squeeze(-1)
-            )
-            if not bool(searching) or bool(settled.all()):
-                final.store(live)
-                break
-            cache.reorder_cache(parents.flatten().to(torch.long))
-            if bool(settled.any()):
-                final.store(live.select(settled.nonzero().squeeze(1)))
-                keep = (~settled).nonzero().squeeze(1)
-                live = live.select(keep)
-                rows = (keep[:, None] * num_beams + torch.arange(num_beams, device=keep.device)).flatten()
-                cache.batch_select_indices(rows)
-                source_mask = source_mask[rows] if source_mask is not None else None
-            tokens = live.running_sequences[:, :, cur_len - 1].reshape(-1, 1)
-            step = self.model.decoder(tokens, encoder_outputs, source_mask, cache=cache, use_cache=True)
-            logits = self._vocabulary_logits(step.last_hidden_state[:, -1], cache)
-        return final.output(config, prompt_length, cache)
-
-    @staticmethod
-    def _may_drop_rows(generation_config, synced_gpus: bool) -> bool:
-        # Per-step attentions/hidden states are returned for the whole batch. With `synced_gpus` every process
-        # must run the whole model (its collectives) on every step, even once all its rows are done.
-        wants_per_step_tensors = generation_config.output_attentions or generation_config.output_hidden_states
-        return not (wants_per_step_tensors or synced_gpus)
-
-    def _beam_search_has_unfinished_sequences(
-        self, is_early_stop_heuristic_unsatisfied, is_sent_finished, next_token_hits_stopping_criteria, early_stopping
-    ):
-        # Called once per step after the step's finished hypotheses are updated: (B, 1) and (B, num_beams) flags.
-        if self._drop_settled_beams:
-            cannot_improve = ~is_early_stop_heuristic_unsatisfied.squeeze(-1)
-            self._settled_sentences = is_sent_finished.all(dim=-1) & ((early_stopping is True) | cannot_improve)
-        return super()._beam_search_has_unfinished_sequences(
-            is_early_stop_heuristic_unsatisfied, is_sent_finished, next_token_hits_stopping_criteria, early_stopping
-        )
-
-    def prepare_inputs_for_generation(
-        self,
-        input_ids: torch.LongTensor,
-        cache: S2SDecoderCache | None = None,
-        finished_rows_eos_token_ids: torch.Tensor | None = None,
-        **kwargs,
-    ) -> dict:
-        """Drop finished rows from the cache, then prepare the inputs as transformers does.
-
-        Greedy/sampling: rows whose newest token (B, t)[:, -1] is EOS. Beam search: the beams of settled sentences.
-        """
-        if isinstance(cache, S2SDecoderCache):
-            if finished_rows_eos_token_ids is not None:
-                finished = torch.isin(input_ids[:, -1], finished_rows_eos_token_ids.to(input_ids.device))
-                cache.drop_finished_rows(finished)
-            elif self._settled_sentences is not None:
-                num_beams = input_ids.shape[0] // self._settled_sentences.shape[0]
-                cache.drop_finished_rows(self._settled_sentences.repeat_interleave(num_beams))
-        return super().prepare_inputs_for_generation(input_ids, cache=cache, **kwargs)
-
-    def _forward_active_rows(
-        self,
-        decoder_input_ids: torch.LongTensor,
-        attention_mask: torch.Tensor | None,
-        encoder_outputs: S2SEncoderOutput | None,
-        cache: S2SDecoderCache,
-        return_dict: bool,
-    ) -> Seq2SeqLMOutput | tuple:
-        """Decode only the rows the cache still holds; finished rows get logits that make `pad` certain.
-
-        decoder_input_ids: (B, T) and attention_mask: (B, S) over the whole batch; logits: (B, T, V).
-        """
-        if encoder_outputs is None:
-            raise ValueError(
-                "This cache has dropped finished rows (`active_rows`); pass the whole batch's `encoder_outputs` "
-                "with it, as generate() does."
-            )
-        rows = cache.active_rows
-        batch_size, length = decoder_input_ids.shape
-        active_logits = None
-        if rows.numel() > 0:
-            source_mask = attention_mask if attention_mask is not None else encoder_outputs.attention_mask
-            if source_mask is not None:  # the encoder's own mask has one row per sentence, not per beam
-                source_mask = source_mask.repeat_interleave(batch_size // source_mask.shape[0], dim=0)[rows]
-            outputs = self.model(
-                decoder_input_ids=decoder_input_ids[rows],
-                attention_mask=source_mask,
-                encoder_outputs=encoder_outputs,
-                cache=cache,
-                use_cache=True,
-                return_dict=True,
-            )
-            active_logits = self._vocabulary_logits(outputs.last_hidden_state, cache)
-        dtype = active_logits.dtype if active_logits is not None else self.dtype
-        logits = torch.full(
-            (batch_size, length, self.config.decoder_vocab_size), torch.finfo(dtype).min,
-            dtype=dtype, device=decoder_input_ids.device,
-        )
-        logits[..., self.config.pad_token_id] = 0.0
-        if active_logits is not None:
-            logits.index_copy_(0, rows, active_logits)
-        output = Seq2SeqLMOutput(
-            logits=logits, cache=cache, encoder_last_hidden_state=encoder_outputs.last_hidden_state
-        )
-        return output if return_dict else output.to_tuple()
+    def generate(self, inputs: torch.Tensor | None = None, generation_config=None, **kwargs):
+        """transformers' `generate()`. With `config.fast_paths`, greedy and beam search run through
+        `generation_s2s.decode` (transformers' supported `custom_generate` hook) when it returns the same
+        sequences; every other option goes to transformers' loops unchanged."""
+        if self.config.fast_paths and can_decode(self, generation_config, kwargs):
+            kwargs["custom_generate"] = decode
+        return super().generate(inputs, generation_config, **kwargs)
 
 
 __all__ = [
@@ -1921,5 +1009,7 @@ __all__ = [
     "S2SPreTrainedModel",
     "S2SModel",
     "S2SForConditionalGeneration",
+    "gru_cell",
+    "lstm_cell",
     "shift_tokens_right",
 ]

@@ -33,7 +33,8 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 REPO_ID = "someone/lstm-attention-en-de"
 MODEL_FILES = {
     "README.md", "config.json", "generation_config.json", "model.safetensors", "tokenizer.json",
-    "tokenizer_config.json", "configuration_s2s.py", "modeling_s2s.py", "pipeline_s2s.py",
+    "tokenizer_config.json", "configuration_s2s.py", "modeling_s2s.py", "pipeline_s2s.py", "fast_paths.py",
+    "generation_s2s.py", "input_checks.py", "resizing.py",
 }
 EXTRA_KEPT = {"all_results.json", "trainer_state.json", "test_predictions.txt"}
 LEFTOVERS = {
@@ -183,6 +184,8 @@ def test_failing_api_leaves_directory_intact(model_dir, fail):
         ("modeling_s2s.py", "modeling_s2s.py"),
         ("pipeline_s2s.py", "pipeline_s2s.py"),
         ("configuration_s2s.py", "configuration_s2s.py"),
+        ("fast_paths.py", "fast_paths.py"),
+        ("generation_s2s.py", "generation_s2s.py"),
     ],
 )
 def test_incomplete_directory_is_rejected_before_any_call(model_dir, remove, named):

@@ -20,15 +20,13 @@ from conftest import (
     decoder_vocab,
     grid_id,
     make_model,
-    needs_onednn_matmuls,
     random_ids,
 )
 from torch import nn
 from transformers import DataCollatorForSeq2Seq
 
-import modeling_s2s.modeling_s2s
 from modeling_s2s import S2SDecoderCache, S2SEncoderOutput, S2SModel
-from modeling_s2s.modeling_s2s import S2SDecoder, S2SEncoder, shift_tokens_right
+from modeling_s2s.modeling_s2s import shift_tokens_right
 
 ATOL = 1e-5
 SOURCE_LENGTHS = [7, 3, 5]
@@ -159,36 +157,6 @@ def _encode_with_gradients(model, ids, mask):
 
 
 @pytest.mark.parametrize("options", GRID, ids=grid_id)
-def test_cpu_encoder_runs_each_source_length_apart_with_the_results_and_gradients_of_packing(monkeypatch, options):
-    """On CPU a batch with a few distinct source lengths runs the RNN once per length (oneDNN's fused kernel)
-    instead of as a packed sequence: outputs, zero padding, final states and gradients are packing's."""
-    model = make_model(**options)
-    ids, mask = random_ids([6, 3, 5, 3, 6, 2, 5])
-    calls = []
-    original = S2SEncoder._rnn_per_length
-
-    def spy(self, embeddings, lengths, distinct):
-        calls.append(distinct)
-        return original(self, embeddings, lengths, distinct)
-
-    monkeypatch.setattr(S2SEncoder, "_rnn_per_length", spy)
-    grouped, grouped_grads = _encode_with_gradients(model, ids, mask)
-    assert calls == [[2, 3, 5, 6]]
-    monkeypatch.setattr(modeling_s2s.modeling_s2s, "MAX_LENGTH_GROUPS", 3)  # 4 lengths: packed
-    packed, packed_grads = _encode_with_gradients(model, ids, mask)
-    assert len(calls) == 1
-    assert torch.equal(grouped.last_hidden_state[mask == 0], torch.zeros_like(grouped.last_hidden_state[mask == 0]))
-    for name in ("last_hidden_state", "final_hidden", "final_cell"):
-        expected, actual = getattr(packed, name), getattr(grouped, name)
-        if expected is None:
-            assert actual is None
-            continue
-        torch.testing.assert_close(actual, expected, atol=ATOL, rtol=0)
-    for grouped_grad, packed_grad in zip(grouped_grads, packed_grads, strict=True):
-        torch.testing.assert_close(grouped_grad, packed_grad, atol=1e-4, rtol=1e-5)
-
-
-@pytest.mark.parametrize("options", GRID, ids=grid_id)
 def test_padding_never_changes_a_row(options):
     """Each row of a right-padded batch (source and target) gives the logits of that sequence alone."""
     model = make_model(**options)
@@ -212,70 +180,6 @@ def test_padding_never_changes_a_row(options):
                 decoder_input_ids=decoder_input_ids[row : row + 1, :target_length],
             ).logits
             torch.testing.assert_close(batched[row : row + 1, :target_length], alone, atol=ATOL, rtol=0)
-
-
-@pytest.mark.parametrize("options", GRID[::3], ids=grid_id)
-def test_training_output_layer_skips_label_padding_without_changing_loss_or_gradients(options):
-    """In training mode the output layer runs only up to each row's last label; the loss and every gradient
-    equal those of the full pass (eval mode, no dropout), and the logits after the last label are 0."""
-    model = make_model(**options, dropout=0.0, embedding_dropout=0.0, attention_dropout=0.0)
-    ids, mask = random_ids(SOURCE_LENGTHS)
-    labels = _decoder_inputs(model, 3, 7)[:, 1:]
-    labels[0, 2:] = -100  # rows of lengths 2, 6, 4
-    labels[2, 4:] = -100
-    labels[1, 1] = -100  # an ignored label inside a row: its position is still computed
-
-    def loss_and_gradients(training: bool):
-        model.train(training)
-        model.zero_grad()
-        out = model(input_ids=ids, attention_mask=mask, labels=labels)
-        out.loss.backward()
-        gradients = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
-        return out.loss.detach(), out.logits.detach(), gradients
-
-    loss, logits, gradients = loss_and_gradients(training=True)
-    full_loss, full_logits, full_gradients = loss_and_gradients(training=False)
-    torch.testing.assert_close(loss, full_loss, atol=1e-6, rtol=1e-6)
-    span = torch.arange(6)[None, :] < torch.tensor([2, 6, 4])[:, None]
-    torch.testing.assert_close(logits[span], full_logits[span], atol=ATOL, rtol=0)
-    assert bool((logits[~span] == 0).all()) and not bool((full_logits[~span] == 0).all())
-    assert gradients.keys() == full_gradients.keys()
-    for name, gradient in gradients.items():
-        torch.testing.assert_close(gradient, full_gradients[name], atol=1e-5, rtol=1e-4, msg=name)
-
-
-@needs_onednn_matmuls
-@pytest.mark.parametrize("options", [GRID[0], GRID[4], GRID[10], GRID[15]], ids=grid_id)
-def test_training_through_onednn_gives_the_loss_and_gradients_of_plain_matmuls(monkeypatch, options):
-    """An LSTM decoder with input feeding runs its per-step matmuls through oneDNN with reordered weights in
-    training too (`PackedWeights`, fp32 on CPU); loss and gradients equal those of `F.linear`."""
-    from modeling_s2s.modeling_s2s import PackedWeights
-
-    model = make_model(**options, dropout=0.0, embedding_dropout=0.0, attention_dropout=0.0).train()
-    ids, mask = random_ids(SOURCE_LENGTHS)
-    labels = _decoder_inputs(model, 3, 6)[:, 1:]
-    labels[0, 3:] = -100
-    used = []
-    original_linear = PackedWeights.linear
-    monkeypatch.setattr(PackedWeights, "linear", lambda self, name, *a, **k: used.append(name) or original_linear(
-        self, name, *a, **k))
-
-    def loss_and_gradients():
-        model.zero_grad()
-        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
-        loss.backward()
-        return loss.detach(), {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
-
-    loss, gradients = loss_and_gradients()
-    assert {"rnn.0.recurrent", "combine"} <= set(used)
-    monkeypatch.setattr(S2SDecoder, "_can_pack_weights", lambda self: False)
-    used.clear()
-    plain_loss, plain_gradients = loss_and_gradients()
-    assert not used
-    torch.testing.assert_close(loss, plain_loss, atol=1e-6, rtol=1e-6)
-    assert gradients.keys() == plain_gradients.keys()
-    for name, gradient in gradients.items():
-        torch.testing.assert_close(gradient, plain_gradients[name], atol=1e-5, rtol=1e-4, msg=name)
 
 
 def test_decoder_attention_mask_must_match_the_decoder_inputs():
@@ -540,20 +444,6 @@ def test_missing_decoder_inputs_and_tuple_encoder_outputs_raise():
         "labels",
         "(2, 2)",
     )
-
-
-@pytest.mark.parametrize("options", [GRID[0], GRID[1], GRID[3], GRID[4]], ids=grid_id)
-def test_stepping_the_rnn_module_equals_the_step_cell(monkeypatch, options):
-    """The path a quantised decoder RNN takes (calling `decoder.rnn` one position at a time) computes the same
-    as the step cell built from the RNN's float weights."""
-    model = make_model(**options)
-    ids, mask = random_ids(SOURCE_LENGTHS)
-    decoder_input_ids = _decoder_inputs(model, len(SOURCE_LENGTHS), 6)
-    with torch.no_grad():
-        reference = model(input_ids=ids, attention_mask=mask, decoder_input_ids=decoder_input_ids).logits
-        monkeypatch.setattr(S2SDecoder, "_step_cell", S2SDecoder._module_step_cell)
-        module_stepped = model(input_ids=ids, attention_mask=mask, decoder_input_ids=decoder_input_ids).logits
-    torch.testing.assert_close(module_stepped, reference, atol=ATOL, rtol=0)
 
 
 @pytest.mark.parametrize("options", [GRID[0], GRID[3]], ids=grid_id)

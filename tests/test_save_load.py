@@ -79,15 +79,19 @@ def test_saved_directory_is_self_contained(saved):
         "config.json",
         "configuration_s2s.py",
         "modeling_s2s.py",
+        "fast_paths.py",
+        "generation_s2s.py",
+        "input_checks.py",
+        "resizing.py",
     } <= names
     config = json.loads((directory / "config.json").read_text())
     assert config["model_type"] == "attention_s2s"
     assert config["auto_map"]["AutoConfig"] == "configuration_s2s.S2SConfig"
     assert config["auto_map"]["AutoModelForSeq2SeqLM"] == "modeling_s2s.S2SForConditionalGeneration"
-    # The copied model file is self-contained: its only package-relative import is the configuration file.
+    # The copied model code imports only its sibling modules, each of which was copied too.
     modeling = (directory / "modeling_s2s.py").read_text()
-    relative = [line for line in modeling.splitlines() if line.startswith("from .")]
-    assert relative and all(line.startswith("from .configuration_s2s import") for line in relative)
+    relative = [line.split()[1] for line in modeling.splitlines() if line.startswith("from .")]
+    assert {".configuration_s2s", ".fast_paths", ".generation_s2s", ".input_checks", ".resizing"} == set(relative)
     generation = json.loads((directory / "generation_config.json").read_text())
     assert generation["num_beams"] == 2 and generation["max_new_tokens"] == 7
     assert generation["decoder_start_token_id"] == BOS
