@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -9,6 +10,73 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+#: Tokenizers without a length limit report a huge `model_max_length` (transformers' VERY_LARGE_INTEGER); a value
+#: above this is such a placeholder, not a length to truncate to.
+SANE_MAX_LENGTH = 100_000
+#: Source length limit when the tokenizer declares none.
+DEFAULT_MAX_SOURCE_LENGTH = 256
+_SHOWN_POSITIONS = 10
+
+
+class SourceTruncationWarning(UserWarning):
+    """`translate` truncated inputs longer than ``max_source_length`` tokens."""
+
+
+def default_max_source_length(tokenizer: PreTrainedTokenizerBase) -> int:
+    """The tokenizer's ``model_max_length`` when it is a real limit (an int in [1, `SANE_MAX_LENGTH`]), else
+    `DEFAULT_MAX_SOURCE_LENGTH` (256)."""
+    limit = getattr(tokenizer, "model_max_length", None)
+    if isinstance(limit, int) and not isinstance(limit, bool) and 1 <= limit <= SANE_MAX_LENGTH:
+        return limit
+    return DEFAULT_MAX_SOURCE_LENGTH
+
+
+def check_sources(sentences: Sequence[str], what: str = "Input line") -> None:
+    """Raise `ValueError` naming the 1-based position of the first empty or whitespace-only sentence (`TypeError`
+    for a non-string), so nothing is translated when one input is unusable."""
+    for index, sentence in enumerate(sentences):
+        if not isinstance(sentence, str):
+            raise TypeError(f"{what} {index + 1} is {type(sentence).__name__} ({sentence!r:.80}), not a string.")
+        if not sentence.strip():
+            raise ValueError(
+                f"{what} {index + 1} is empty or whitespace-only ({sentence!r:.80}); every line needs text to translate."
+            )
+
+
+def _check_max_source_length(max_source_length: int | None) -> None:
+    if max_source_length is not None and (
+        isinstance(max_source_length, bool) or not isinstance(max_source_length, int) or max_source_length < 1
+    ):
+        raise ValueError(f"`max_source_length`={max_source_length!r} must be None (no limit) or an int >= 1.")
+
+
+def truncated_inputs(
+    tokenizer: PreTrainedTokenizerBase, sentences: Sequence[str], max_source_length: int | None, chunk: int = 4096
+) -> list[int]:
+    """0-based indices of the sentences longer than ``max_source_length`` tokens (special tokens included), i.e.
+    those that `translate` truncates; ``[]`` for ``max_source_length=None``."""
+    _check_max_source_length(max_source_length)
+    if max_source_length is None:
+        return []
+    found = []
+    for start in range(0, len(sentences), chunk):
+        encoded = tokenizer(list(sentences[start : start + chunk]), truncation=False, padding=False, verbose=False)
+        found += [start + i for i, ids in enumerate(encoded["input_ids"]) if len(ids) > max_source_length]
+    return found
+
+
+def truncation_message(
+    indices: Sequence[int], total: int, max_source_length: int, what: str = "inputs", one_based: bool = False
+) -> str:
+    """``"3 of 10 inputs are longer than 256 tokens and are truncated to 256 tokens (indices 1, 4, 8)"``; with
+    ``one_based`` the positions are 1-based and named after ``what`` (``"... (lines 2, 5, 9)"``)."""
+    shown = ", ".join(str(i + one_based) for i in indices[:_SHOWN_POSITIONS])
+    more = f", ... ({len(indices) - _SHOWN_POSITIONS} more)" if len(indices) > _SHOWN_POSITIONS else ""
+    return (
+        f"{len(indices)} of {total} {what} are longer than {max_source_length} tokens and are truncated to "
+        f"{max_source_length} tokens ({what if one_based else 'indices'} {shown}{more})"
+    )
 
 
 def _batches_by_length(sentences: Sequence[str], batch_size: int) -> Iterator[list[int]]:
@@ -25,20 +93,33 @@ def translate(
     sentences: Sequence[str],
     *,
     batch_size: int = 64,
-    max_source_length: int | None = 256,
+    max_source_length: int | None = DEFAULT_MAX_SOURCE_LENGTH,
     show_progress: bool = False,
+    warn_truncation: bool = True,
     **generate_kwargs: Any,
 ) -> list[str]:
-    """Translate `sentences` in length-sorted batches; returns one string per input, in input order.
+    """Translate `sentences` in length-sorted batches; returns one string per input, in input order (``[]`` for
+    no input).
 
-    `generate_kwargs` go to `model.generate` (`num_beams`, `length_penalty`, `do_sample`, `top_k`, `top_p`,
-    `temperature`, `max_new_tokens`, ...).
+    Every sentence must hold text: an empty or whitespace-only one raises `ValueError` naming its 1-based position
+    before anything is translated. Sources longer than ``max_source_length`` tokens (special tokens included;
+    ``None``: no limit) are truncated; with ``warn_truncation`` a `SourceTruncationWarning` says how many and to
+    what length. `generate_kwargs` go to `model.generate` (`num_beams`, `length_penalty`, `do_sample`, `top_k`,
+    `top_p`, `temperature`, `max_new_tokens`, ...).
     """
-    if batch_size < 1:
-        raise ValueError(f"`batch_size`={batch_size} must be >= 1.")
-    empty = [i for i, sentence in enumerate(sentences) if not sentence.strip()]
-    if empty:
-        raise ValueError(f"Input line {empty[0] + 1} is empty; every line needs text to translate.")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"`batch_size`={batch_size!r} must be an int >= 1.")
+    _check_max_source_length(max_source_length)
+    check_sources(sentences)
+    if warn_truncation and max_source_length is not None:
+        truncated = truncated_inputs(tokenizer, sentences, max_source_length)
+        if truncated:
+            message = truncation_message(truncated, len(sentences), max_source_length)
+            warnings.warn(
+                f"{message}; pass a larger max_source_length (None: no limit) to keep them whole.",
+                SourceTruncationWarning,
+                stacklevel=3,  # the caller of `translate` (inference_mode's wrapper is one frame)
+            )
     model.eval()
     results: list[str] = [""] * len(sentences)
     batches = list(_batches_by_length(sentences, batch_size))

@@ -68,11 +68,28 @@ def find_target_tokenizer(name_or_path: str, **kwargs: Any) -> Any:
     return AutoTokenizer.from_pretrained(name_or_path, subfolder=TARGET_TOKENIZER_SUBFOLDER, **kwargs)
 
 
+def _check_text(text: Any, where: str) -> None:
+    """Refuse a non-string (`TypeError`) or an empty / whitespace-only string (`ValueError`), naming ``where``."""
+    if not isinstance(text, str):
+        raise TypeError(
+            f"{S2STextToTextPipeline.__name__} takes a string or a list of strings; {where} is "
+            f"{type(text).__name__} ({text!r:.80})."
+        )
+    if not text.strip():
+        raise ValueError(
+            f"{where} is empty or whitespace-only ({text!r:.80}); every input needs text to translate."
+        )
+
+
 class S2STextToTextPipeline(Pipeline):
     """Text-to-text generation with an encoder–decoder model (``AutoModelForSeq2SeqLM``).
 
     Call arguments:
-        inputs (`str` or `list[str]`): The source text(s).
+        inputs (`str` or `list[str]`): The source text(s). Every text must contain something besides whitespace:
+            an empty or whitespace-only text raises `ValueError` naming its position (``inputs[i]``), as
+            ``scripts/translate.py`` refuses an empty line; a non-string raises `TypeError`. An empty list returns
+            ``[]`` (one result per input, as transformers' pipelines return nothing for an empty generator or
+            dataset) instead of failing inside transformers.
         truncation (`bool`, defaults to `True`): Truncate inputs to ``max_input_length`` tokens (default: the
             tokenizer's ``model_max_length``).
         max_input_length (`int`, *optional*): Maximum number of source tokens (special tokens included).
@@ -153,6 +170,13 @@ class S2STextToTextPipeline(Pipeline):
         return preprocess_params, forward_params, postprocess_params
 
     def __call__(self, inputs: str | list[str], **kwargs: Any) -> list[dict] | list[list[dict]]:
+        if isinstance(inputs, list):
+            if not inputs:
+                return []  # transformers' `Pipeline.__call__` would fail on `inputs[0]`
+            for index, item in enumerate(inputs):
+                _check_text(item, f"inputs[{index}] (input {index + 1} of {len(inputs)})")
+        elif isinstance(inputs, (str, tuple)):
+            _check_text(inputs, "the input")
         result = super().__call__(inputs, **kwargs)
         if isinstance(inputs, list) and all(isinstance(item, list) and len(item) == 1 for item in result):
             return [item[0] for item in result]
@@ -161,8 +185,7 @@ class S2STextToTextPipeline(Pipeline):
     def preprocess(
         self, inputs: str, truncation: bool = True, max_input_length: int | None = None
     ) -> dict[str, torch.Tensor]:
-        if not isinstance(inputs, str):
-            raise TypeError(f"{type(self).__name__} takes a string or a list of strings, got {type(inputs).__name__}.")
+        _check_text(inputs, "an input")  # generators and datasets arrive here unchecked
         prefix = self.prefix or ""
         if truncation and max_input_length is None and self.tokenizer.model_max_length > _NO_LIMIT:
             truncation = False  # the tokenizer has no length limit, and an RNN has none either

@@ -179,6 +179,45 @@ def test_rejects_non_text_input(translator):
         translator(123)
 
 
+def test_empty_list_gives_an_empty_list(translator, model, tokenizer):
+    # transformers' own `Pipeline.__call__` fails on `inputs[0]` (IndexError); no inputs give no outputs, as an empty
+    # generator does in transformers, and as `modeling_s2s.inference.translate([])` does.
+    assert translator([]) == []
+    assert translator([], batch_size=2, num_beams=3, num_return_sequences=2) == []
+    pipe = pipeline(PIPELINE_TASK, model=model, tokenizer=tokenizer, device=-1)
+    assert pipe([]) == []
+
+
+@pytest.mark.parametrize("text", ["", " ", "\t\n  "])
+def test_empty_or_whitespace_input_is_refused_naming_its_position(translator, text):
+    with pytest.raises(ValueError, match=r"the input is empty or whitespace-only"):
+        translator(text)
+    with pytest.raises(ValueError, match=r"inputs\[1\] \(input 2 of 3\) is empty or whitespace-only"):
+        translator([SOURCES[0], text, SOURCES[1]])
+    with pytest.raises(ValueError, match=r"inputs\[0\] \(input 1 of 1\)"):
+        translator([text], batch_size=2)
+    # Streamed inputs (generators, datasets) are checked as they are read.
+    with pytest.raises(ValueError, match="empty or whitespace-only"):
+        list(translator(item for item in [SOURCES[0], text]))
+
+
+def test_pipeline_and_translate_refuse_the_same_inputs(translator, model, tokenizer):
+    from modeling_s2s.inference import translate
+
+    for bad in (["ok .", ""], ["ok .", "   "]):
+        with pytest.raises(ValueError, match="2"):
+            translator(bad)
+        with pytest.raises(ValueError, match="line 2"):
+            translate(model, tokenizer, bad)
+
+
+def test_non_string_list_item_is_named(translator):
+    with pytest.raises(TypeError, match=r"inputs\[1\] \(input 2 of 2\) is int"):
+        translator([SOURCES[0], 5])
+    with pytest.raises(TypeError, match="string"):
+        translator(())
+
+
 def test_registered_task_with_model_object(model, tokenizer):
     pipe = pipeline(PIPELINE_TASK, model=model, tokenizer=tokenizer, device=-1)
     assert isinstance(pipe, S2STextToTextPipeline)
@@ -191,7 +230,7 @@ def test_save_for_pipeline_directory(tmp_path, model, tokenizer):
     names = {p.name for p in directory.iterdir()}
     assert {
         "config.json", "generation_config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
-        "configuration_s2s.py", "modeling_s2s.py", "pipeline_s2s.py",
+        "configuration_s2s.py", "modeling_s2s.py", "pipeline_s2s.py", "fast_paths.py", "generation_s2s.py",
     } <= names
     config = json.loads((directory / "config.json").read_text())
     assert config["custom_pipelines"] == {
