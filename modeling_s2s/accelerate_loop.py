@@ -1,14 +1,14 @@
 """Training with an explicit Accelerate loop: the job behind `scripts/train_accelerate.py`.
 
-The same data pipeline (`data.load_parallel_data` → `training.prepare_tokenizer` → `training.tokenize_splits` →
-`DataCollatorForSeq2Seq`), model (`training.build_config` → `S2SForConditionalGeneration`) and metrics
-(`evaluation.make_compute_metrics`: sacreBLEU BLEU, chrF, gen_len) as `scripts/train.py`, but the loop is written
-out with `accelerate.Accelerator`, so it runs unchanged on one CPU, `torchrun --nproc_per_node N` (gloo on CPU,
-NCCL on GPUs), `accelerate launch` with the configs in `configuration/accelerate/`, DDP or FSDP, and produces the
-same Hub-ready directory (weights + remote code + generation config + tokenizer + `README.md` model card +
-`all_results.json` + predictions).
+The same job as `scripts/train.py`, from the same module (`job.py`: data → tokenizer → tokenised splits →
+`DataCollatorForSeq2Seq`, model config and model, final evaluation files, the Hub-ready directory, model card,
+push) and with the same metrics (`evaluation.make_compute_metrics`: sacreBLEU BLEU, chrF, gen_len), but the loop
+is written out with `accelerate.Accelerator`, so it runs unchanged on one CPU, `torchrun --nproc_per_node N`
+(gloo on CPU, NCCL on GPUs), `accelerate launch` with the configs in `configuration/accelerate/`, DDP or FSDP,
+and produces the same Hub-ready directory (weights + remote code + generation config + tokenizer + `README.md`
+model card + `all_results.json` + predictions).
 
-Arguments: `ModelArguments` and `DataArguments` from `training.py` plus :class:`AccelerateArguments`, read from a
+Arguments: `ModelArguments` and `DataArguments` from `job.py` plus :class:`AccelerateArguments`, read from a
 JSON/YAML recipe with command-line overrides (:func:`parse_arguments`).
 
 What the loop guarantees (and `tests/test_accelerate.py` checks):
@@ -38,7 +38,6 @@ import math
 import os
 import re
 import shutil
-import sys
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
@@ -61,7 +60,6 @@ from torch.utils.data import DataLoader, Sampler
 from tqdm.auto import tqdm
 from transformers import (
     AutoTokenizer,
-    DataCollatorForSeq2Seq,
     EvalPrediction,
     HfArgumentParser,
     PreTrainedTokenizerBase,
@@ -71,20 +69,23 @@ from transformers.trainer_utils import SchedulerType
 
 from .configuration_s2s import S2SConfig
 from .data import pair_length_keys
-from .modeling_s2s import S2SForConditionalGeneration
-from .pipeline_s2s import save_for_pipeline
-from .training import (
+from .job import (
     DataArguments,
     ModelArguments,
-    TimeBudgetCallback,
-    _load_mapping,
-    _mapping_to_argv,
-    _write_model_card,
-    _write_predictions,
-    build_config,
+    TimeBudget,
+    build_model,
+    check_hub_arguments,
     check_output_dir,
+    configure_logging,
+    final_evaluation,
+    final_generation_kwargs,
+    finish_output_directory,
     keep_freed_memory_for_reuse,
+    load_raw_datasets,
+    prefixed,
     prepare_tokenizer,
+    recipe_argv,
+    seq2seq_collator,
     tokenize_splits,
 )
 
@@ -113,10 +114,11 @@ PROGRESS_FILE_NAME = "training_progress.json"
 #: Per-step training logs (loss, learning_rate, grad_norm, epoch; eval metrics), JSON lines, in output_dir.
 LOG_HISTORY_NAME = "log_history.jsonl"
 _CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
-#: Config keys that do not describe the model (bookkeeping written by transformers).
+#: Config keys that do not describe the model (bookkeeping written by transformers; the fast-paths switch).
 _IGNORED_CONFIG_KEYS = frozenset(
     {"transformers_version", "_name_or_path", "architectures", "auto_map", "dtype", "torch_dtype", "_commit_hash",
-     "_attn_implementation_autoset", "output_attentions", "output_hidden_states", "return_dict", "use_cache"}
+     "_attn_implementation_autoset", "output_attentions", "output_hidden_states", "return_dict", "use_cache",
+     "fast_paths"}
 )
 #: Config keys a resumed run may change (regularisation only): a warning, not an error.
 _TRAINING_ONLY_CONFIG_KEYS = frozenset({"dropout", "embedding_dropout", "attention_dropout", "label_smoothing"})
@@ -225,8 +227,7 @@ class AccelerateArguments:
             )
         if self.eval_strategy not in ("no", "epoch", "steps"):
             raise ValueError(f"`eval_strategy`={self.eval_strategy!r} must be 'no', 'epoch' or 'steps'.")
-        if self.push_to_hub and not self.hub_model_id:
-            raise ValueError("--push_to_hub needs --hub_model_id (e.g. your-name/rnn-attention-de-en).")
+        check_hub_arguments(self.push_to_hub, self.hub_model_id)
         if self.eval_strategy == "steps" and self.eval_steps is None:
             raise ValueError("`eval_strategy`='steps' needs `eval_steps`.")
         if self.checkpointing_steps is not None:
@@ -308,11 +309,8 @@ def parse_arguments(
     keys are mapped (`warmup_steps` → `num_warmup_steps`, `max_steps` → `max_train_steps`, `save_strategy` →
     `checkpointing_steps`, `report_to` → `with_tracking`) or skipped with a log line.
     """
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0].endswith((".json", ".yaml", ".yml")) and not argv[0].startswith("--"):
-        argv = _mapping_to_argv(_translate_trainer_recipe(_load_mapping(argv[0]))) + argv[1:]
     parser = HfArgumentParser((ModelArguments, DataArguments, AccelerateArguments))
-    return parser.parse_args_into_dataclasses(args=argv)
+    return parser.parse_args_into_dataclasses(args=recipe_argv(argv, _translate_trainer_recipe))
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -523,16 +521,6 @@ class EpochSampler(Sampler[int]):
 
     def __len__(self) -> int:
         return self.num_samples
-
-
-class _MainProcessFirst:
-    """Gives `training.tokenize_splits` the `main_process_first(desc=...)` it expects from TrainingArguments."""
-
-    def __init__(self, accelerator):
-        self.accelerator = accelerator
-
-    def main_process_first(self, desc: str | None = None):
-        return self.accelerator.main_process_first()
 
 
 def _train_dataloader(
@@ -796,10 +784,6 @@ def _save_checkpoint(accelerator, args: AccelerateArguments, progress: TrainingP
     return path
 
 
-def _prefixed(metrics: Mapping[str, Any], prefix: str) -> dict[str, Any]:
-    return {f"{prefix}_{k}": v for k, v in metrics.items()}
-
-
 def run_accelerate_training(
     model_args: ModelArguments, data_args: DataArguments, args: AccelerateArguments
 ) -> dict[str, Any]:
@@ -807,9 +791,7 @@ def run_accelerate_training(
 
     Returns all measured metrics (also written to `output_dir/all_results.json` by the main process).
     """
-    from .data import load_parallel_data
-
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    configure_logging()
     started = time.time()
     if data_args.early_stopping_patience:
         raise LaunchError("--early_stopping_patience is only supported by scripts/train.py.")
@@ -841,7 +823,8 @@ def run_accelerate_training(
     check_global_batch_size(args.global_batch_size, args.per_device_train_batch_size, world,
                             args.gradient_accumulation_steps)
     try:
-        resume_checkpoint = check_output_dir(args, data_args)
+        resume_checkpoint = check_output_dir(args.output_dir, args.resume_from_checkpoint,
+                                             data_args.overwrite_output_dir)
     except ValueError as error:  # existing model/checkpoints, missing checkpoint: a launch problem
         raise LaunchError(str(error)) from error
     accelerator.wait_for_everyone()  # every process checked output_dir before anything is written there
@@ -851,24 +834,15 @@ def run_accelerate_training(
 
     # ---- data, tokenizer, model: the pipeline of scripts/train.py ------------------------------------------
     with accelerator.main_process_first():
-        raw_datasets = load_parallel_data(
-            data_args.source_lang, data_args.target_lang,
-            dataset_name=data_args.dataset_name, dataset_config_name=data_args.dataset_config_name,
-            train_file=data_args.train_file, validation_file=data_args.validation_file, test_file=data_args.test_file,
-        )
+        raw_datasets = load_raw_datasets(data_args)
     tokenizer = _load_or_train_tokenizer(accelerator, model_args, data_args, args, raw_datasets, resume_checkpoint)
-    if model_args.model_name_or_path:
-        model = S2SForConditionalGeneration.from_pretrained(model_args.model_name_or_path)
-    else:
-        model = S2SForConditionalGeneration(build_config(model_args, tokenizer))
+    model = build_model(model_args, tokenizer)
     if resume_checkpoint:
         check_checkpoint_config(resume_checkpoint, model.config)
-    num_parameters = model.num_parameters()
-    logger.info("Model: %s parameters, config %s", f"{num_parameters:,}", model.config.to_json_string())
-    datasets = tokenize_splits(raw_datasets, tokenizer, data_args, _MainProcessFirst(accelerator))
-    collator = DataCollatorForSeq2Seq(tokenizer, model=model, label_pad_token_id=-100)
+    datasets = tokenize_splits(raw_datasets, tokenizer, data_args, lambda desc: accelerator.main_process_first())
+    collator = seq2seq_collator(tokenizer, model)
 
-    metrics: dict[str, Any] = {"num_parameters": num_parameters}
+    metrics: dict[str, Any] = {"num_parameters": model.num_parameters()}
     eval_loader = _eval_dataloader(datasets["validation"], collator, args) if "validation" in datasets else None
     test_loader = _eval_dataloader(datasets["test"], collator, args) if "test" in datasets else None
     if args.do_train and "train" not in datasets:
@@ -941,27 +915,35 @@ def run_accelerate_training(
         )
         metrics.update(train_metrics)
 
-    final_generation = {"num_beams": data_args.eval_num_beams, "length_penalty": data_args.eval_length_penalty}
-    for split, key, loader, wanted in (("validation", "eval", eval_loader, args.do_eval),
-                                       ("test", "test", test_loader, args.do_predict)):
-        if not wanted:
-            continue
-        split_metrics, predictions = evaluate_generation(
-            accelerator, model, loader, tokenizer, max_length=args.generation_max_length, desc=f"Evaluating {split}",
-            **final_generation,
-        )
-        metrics.update(_prefixed(split_metrics, key))
-        if accelerator.is_main_process:
-            _write_predictions(args.output_dir, split, predictions, tokenizer)
-        logger.info("%s: %s", split, split_metrics)
+    loaders = {"validation": eval_loader, "test": test_loader}
+    wanted = [split for split, flag in (("validation", args.do_eval), ("test", args.do_predict)) if flag]
+    metrics.update(final_evaluation(
+        _final_evaluator(accelerator, model, loaders, tokenizer, data_args, args), wanted,
+        output_dir=args.output_dir, tokenizer=tokenizer, write_files=accelerator.is_main_process,
+    ))
     metrics["total_runtime_s"] = round(time.time() - started, 1)
     if args.with_tracking and args.do_train:
         accelerator.log({k: v for k, v in metrics.items() if k.startswith(("eval_", "test_"))},
                         step=metrics.get("train_steps"))
-    _save_final_model(accelerator, model, tokenizer, model_args, data_args, args, metrics)
+    _save_final_model(accelerator, model, tokenizer, data_args, args, metrics)
     if args.with_tracking and args.do_train:
         accelerator.end_training()  # also destroys the process group: last
     return metrics
+
+
+def _final_evaluator(accelerator, model, loaders: Mapping[str, DataLoader], tokenizer: PreTrainedTokenizerBase,
+                     data_args: DataArguments, args: AccelerateArguments):
+    """`evaluate(split, prefix)` for `job.final_evaluation`: :func:`evaluate_generation` with the final settings."""
+
+    def evaluate(split: str, prefix: str) -> tuple[dict[str, float], np.ndarray | None]:
+        split_metrics, predictions = evaluate_generation(
+            accelerator, model, loaders[split], tokenizer, max_length=args.generation_max_length,
+            desc=f"Evaluating {split}", **final_generation_kwargs(data_args),
+        )
+        logger.info("%s: %s", split, split_metrics)
+        return split_metrics, predictions
+
+    return evaluate
 
 
 def _log_resume(progress, args, world, max_train_steps, checkpoint) -> None:
@@ -1006,8 +988,8 @@ def _train(accelerator, args, data_args, model, optimizer, lr_scheduler, train_l
                         disable=not accelerator.is_local_main_process)
     budget = None
     if data_args.max_train_minutes:  # the Trainer path's clock ('wall' or 'process'), decided by the main process
-        budget = TimeBudgetCallback(data_args.max_train_minutes, data_args.time_budget_clock)
-        budget.on_train_begin(args, None, None)
+        budget = TimeBudget(data_args.max_train_minutes, data_args.time_budget_clock)
+        budget.begin()
     train_start = time.time()
     start_step = progress.completed_steps
     logged_loss = torch.zeros((), device=accelerator.device)
@@ -1067,7 +1049,7 @@ def _train(accelerator, args, data_args, model, optimizer, lr_scheduler, train_l
                 max_length=args.generation_max_length,
             )
             logger.info("step %d eval: %s", step, eval_metrics)
-            log_history.append({"step": step, **_prefixed(eval_metrics, "eval")})
+            log_history.append({"step": step, **prefixed(eval_metrics, "eval")})
             if args.with_tracking:
                 accelerator.log({f"eval/{k}": v for k, v in eval_metrics.items()}, step=step)
         every = args.checkpoint_every
@@ -1075,11 +1057,10 @@ def _train(accelerator, args, data_args, model, optimizer, lr_scheduler, train_l
             _save_checkpoint(accelerator, args, progress, model, tokenizer)
             last_checkpoint_step = step
         if budget is not None:
-            if accelerator.is_main_process and budget.elapsed() >= budget.seconds:
+            if accelerator.is_main_process and budget.spent():
                 accelerator.set_trigger()
             if accelerator.check_trigger():  # all processes stop at the same step
-                logger.info("Time budget of %.1f minutes (%s clock) reached at step %d.", budget.seconds / 60,
-                            budget.clock, step)
+                budget.log_stop(step)
                 break
     progress_bar.close()
     if args.checkpointing_steps and last_checkpoint_step != progress.completed_steps:
@@ -1106,48 +1087,38 @@ def _train(accelerator, args, data_args, model, optimizer, lr_scheduler, train_l
     }
 
 
-def _save_final_model(accelerator, model, tokenizer, model_args, data_args, args, metrics) -> None:
-    """`save_pretrained` of the unwrapped model + tokenizer + model card + all_results.json: the directory layout
-    of `scripts/train.py` (weights, config with auto_map, remote code, generation config, tokenizer, README.md)."""
+def _save_final_model(accelerator, model, tokenizer, data_args: DataArguments, args: AccelerateArguments,
+                      metrics: dict[str, Any]) -> None:
+    """`job.finish_output_directory` for the unwrapped model with its full state dict: the directory layout of
+    `scripts/train.py` (weights, config with auto_map, remote code, generation config, tokenizer, README.md)."""
     accelerator.wait_for_everyone()
     unwrapped = accelerator.unwrap_model(model)
-    unwrapped.generation_config.num_beams = data_args.eval_num_beams
-    unwrapped.generation_config.length_penalty = data_args.eval_length_penalty
     state_dict = accelerator.get_state_dict(model)  # collective under FSDP: every process calls it
-    output_dir = Path(args.output_dir)
     if accelerator.is_main_process:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        # weights, config (auto_map + custom_pipelines), module files, tokenizer: as scripts/train.py
-        save_for_pipeline(unwrapped, tokenizer, output_dir, task="translation", state_dict=state_dict,
-                          is_main_process=True, save_function=accelerator.save)
-        (output_dir / "all_results.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
-        card_args = _CardArguments({
-            **args.to_dict(),
-            "num_processes": accelerator.num_processes,
-            "distributed_type": str(accelerator.distributed_type).split(".")[-1],
-            "mixed_precision": accelerator.mixed_precision,
-            "total_train_batch_size": args.per_device_train_batch_size * accelerator.num_processes
-            * args.gradient_accumulation_steps,
-            "max_steps": metrics.get("train_steps"),
-        })
-        _write_model_card(output_dir, unwrapped, data_args, card_args, metrics, args.hub_model_id)
-        if args.push_to_hub:
-            from .hub import push_model_dir
-
-            push_model_dir(str(output_dir), args.hub_model_id, token=args.hub_token, private=args.hub_private_repo)
+        finish_output_directory(
+            args.output_dir, unwrapped, tokenizer, data_args, metrics,
+            card_training_args=_card_training_args(accelerator, args, metrics), hub_model_id=args.hub_model_id,
+            push=args.push_to_hub, hub_token=args.hub_token, hub_private_repo=args.hub_private_repo,
+            save_kwargs={"state_dict": state_dict, "is_main_process": True, "save_function": accelerator.save},
+        )
     accelerator.wait_for_everyone()
-    logger.info("Saved the trained model to %s", output_dir)
+    logger.info("Saved the trained model to %s", args.output_dir)
 
 
-class _CardArguments:
-    """What `training._write_model_card` reads from its `training_args`: `to_dict()`."""
-
-    def __init__(self, values: dict[str, Any]):
-        skip = ("resume_from_checkpoint", "report_to", "project_name")
-        self._values = {k: v for k, v in values.items() if k not in skip and not k.startswith(("hub_", "push_"))}
-
-    def to_dict(self) -> dict[str, Any]:
-        return dict(self._values)
+def _card_training_args(accelerator, args: AccelerateArguments, metrics: Mapping[str, Any]) -> dict[str, Any]:
+    """The training arguments the model card lists: the arguments plus what the launch decided (processes,
+    distribution, precision, global batch, steps done), without resume/tracker settings."""
+    values = {
+        **args.to_dict(),
+        "num_processes": accelerator.num_processes,
+        "distributed_type": str(accelerator.distributed_type).split(".")[-1],
+        "mixed_precision": accelerator.mixed_precision,
+        "total_train_batch_size": args.per_device_train_batch_size * accelerator.num_processes
+        * args.gradient_accumulation_steps,
+        "max_steps": metrics.get("train_steps"),
+    }
+    skip = ("resume_from_checkpoint", "report_to", "project_name")
+    return {k: v for k, v in values.items() if k not in skip}
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
