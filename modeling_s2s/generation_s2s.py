@@ -14,6 +14,7 @@ Only public transformers API is used.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -109,6 +110,25 @@ def decode(model, input_ids, logits_processor, stopping_criteria, generation_con
     search = beam_search if (generation_config.num_beams or 1) > 1 else greedy_search
     return search(model, input_ids, logits_processor, stopping_criteria, generation_config, model_kwargs,
                   drop_finished)
+
+
+@contextlib.contextmanager
+def max_new_tokens_replace_the_default_max_length(model, generation_config, kwargs: dict[str, Any]):
+    """A call that asks for `max_new_tokens` (and no `max_length`) runs without the model's default `max_length`
+    (128 in a new model's generation config): transformers would otherwise warn at every such call that both
+    were set, though `max_new_tokens` is what the caller asked for and takes precedence anyway."""
+    asks_for_max_length = (
+        kwargs.get("max_length") is not None or getattr(generation_config, "max_length", None) is not None
+    )
+    if kwargs.get("max_new_tokens") is None or asks_for_max_length:
+        yield
+        return
+    saved = model.generation_config.max_length
+    model.generation_config.max_length = None
+    try:
+        yield
+    finally:
+        model.generation_config.max_length = saved
 
 
 def _eos_token_ids(generation_config) -> list[int] | None:

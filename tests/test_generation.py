@@ -546,3 +546,26 @@ def test_num_beams_must_be_a_positive_integer():
     for bad in (0, -1, 2.0, True):
         with pytest.raises(ValueError, match=rf"`num_beams`={bad!r} must be a positive integer"):
             _generate(model, ids, mask, num_beams=bad)
+
+
+def test_max_new_tokens_alone_gives_no_warning_about_max_length():
+    """The model's generation config sets `max_length`; a call asking for `max_new_tokens` does not make
+    transformers warn that both were set, and the model keeps its default afterwards."""
+    import logging
+
+    model = make_model(**GRID[0])
+    ids, mask = random_ids([6, 3])
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logger = logging.getLogger("transformers")
+    logger.addHandler(handler)
+    try:
+        out = _generate(model, ids, mask, max_new_tokens=4, min_new_tokens=4)
+        with torch.no_grad():
+            capped = model.generate(input_ids=ids, attention_mask=mask, num_beams=1, max_length=3)
+    finally:
+        logger.removeHandler(handler)
+    assert out.shape[1] == 1 + 4 and capped.shape[1] <= 3
+    assert not [r for r in records if "max_new_tokens" in r.getMessage()], [r.getMessage() for r in records]
+    assert model.generation_config.max_length == 128

@@ -463,3 +463,24 @@ def test_dynamic_int8_quantisation_reaches_the_decoder_rnn(options):
     similarity = F.cosine_similarity(int8_logits.flatten(), logits.flatten(), dim=0)
     assert similarity > 0.99, similarity  # ... and close to fp32
     assert generated.shape[0] == len(SOURCE_LENGTHS) and generated.shape[1] <= 6
+
+
+@pytest.mark.parametrize("options", [GRID[0], GRID[1], GRID[6]], ids=grid_id)
+def test_inputs_embeds_and_decoder_inputs_embeds_equal_the_ids(options):
+    """Like Bart and Marian, the model takes embeddings instead of ids on either side (prompt tuning and other
+    embedding-space methods need it): the same logits and loss as the ids they embed."""
+    model = make_model(**options)
+    ids, mask = random_ids(SOURCE_LENGTHS)
+    decoder_input_ids = _decoder_inputs(model, len(SOURCE_LENGTHS), 5)
+    labels = decoder_input_ids.roll(-1, dims=1)
+    with torch.no_grad():
+        expected = model(input_ids=ids, attention_mask=mask, decoder_input_ids=decoder_input_ids, labels=labels)
+        embedded = model(
+            inputs_embeds=model.get_input_embeddings()(ids), attention_mask=mask,
+            decoder_inputs_embeds=model.model.get_decoder_input_embeddings()(decoder_input_ids), labels=labels,
+        )
+    torch.testing.assert_close(embedded.logits, expected.logits, atol=1e-6, rtol=0)
+    torch.testing.assert_close(embedded.loss, expected.loss, atol=1e-6, rtol=0)
+    with pytest.raises(ValueError, match="exactly one of `decoder_input_ids` or `decoder_inputs_embeds`"):
+        model(input_ids=ids, decoder_input_ids=decoder_input_ids,
+              decoder_inputs_embeds=model.model.get_decoder_input_embeddings()(decoder_input_ids))
