@@ -1,5 +1,5 @@
-"""Shared pieces of the benchmark scripts: machine report, cached tokenizer, Multi30k batches, presets, memory,
-matmul peak and table printing. Not a benchmark itself."""
+"""Shared pieces of the benchmark scripts: machine report, the `fast_paths` switch, cached tokenizer, Multi30k
+batches, presets, memory, matmul peak and table printing. Not a benchmark itself."""
 
 from __future__ import annotations
 
@@ -113,31 +113,25 @@ def _fmt(value: Any) -> str:
 
 
 @contextlib.contextmanager
-def plain_matmuls():
-    """The decoder without `PackedWeights` (decoding and training): every matmul through `F.linear` (MKL for fp32
-    on CPU), for the A/B of the oneDNN step matmuls."""
-    from modeling_s2s.modeling_s2s import S2SDecoder
+def fast_paths(model, enabled: bool):
+    """Inside the block, `model.config.fast_paths = enabled`; restored after it. True: the model's speed-only code
+    paths (modeling_s2s/fast_paths.py: oneDNN matmuls with reordered weights, deferred weight gradients, the
+    per-length CPU encoder, the label-span output layer; generation_s2s.py: greedy and beam loops where finished
+    rows leave the batch). False: the plain reference model and transformers' own generation loops.
 
-    saved = S2SDecoder.__dict__["_can_pack_weights"]
+    `model` is the model or any of its modules with a `config` (encoder, decoder: they share the model's config
+    object). A copy of the model (`copy.deepcopy`, quantised or bf16 copies) has its own config."""
+    config = model.config
+    saved = config.fast_paths
+    config.fast_paths = enabled
     try:
-        S2SDecoder._can_pack_weights = lambda self: False
-        yield
+        yield model
     finally:
-        S2SDecoder._can_pack_weights = saved
+        config.fast_paths = saved
 
 
-@contextlib.contextmanager
-def packed_encoder():
-    """The encoder packing every batch of mixed source lengths (as before the seventh session) instead of running
-    the RNN once per length, for the A/B of that change."""
-    import modeling_s2s.modeling_s2s as modeling
-
-    saved = modeling.MAX_LENGTH_GROUPS
-    try:
-        modeling.MAX_LENGTH_GROUPS = 0
-        yield
-    finally:
-        modeling.MAX_LENGTH_GROUPS = saved
+#: Row label of the comparison run with `config.fast_paths = False`.
+FAST_PATHS_OFF = "fast_paths=False"
 
 
 def load_pairs(split: str) -> tuple[list[str], list[str]]:

@@ -4,6 +4,11 @@ Measured side by side in one run:
 
 - greedy and beam 5 at batch 64 over the whole test set (batches sorted by source length, as NMT toolkits
   translate) and at batch 1 over the first `--batch1-sentences` sentences (latency per sentence);
+- the same model with `config.fast_paths = False` ("fp32, fast_paths=False": the plain reference model and
+  transformers' own greedy and beam loops, in which every row of a batch is computed until its last row ends)
+  next to the default fast paths (oneDNN matmuls with weights reordered once and reused between generate()
+  calls; greedy and beam loops in which finished rows and settled sentences leave the batch, the beams of a
+  sentence sharing one copy of its source); `--fast-paths-only` leaves it out;
 - the naive reference (benchmarks/reference_model.py, a tutorial-style greedy loop with the same weights)
   greedy at the same batch sizes, with the agreement of its translations with generate()'s;
 - dynamic int8 quantisation (`torch.ao.quantization.quantize_dynamic`) of every `nn.Linear` and of the encoder's
@@ -12,25 +17,19 @@ Measured side by side in one run:
 - bf16 (`--bf16`): a copy of the model with its weights cast to bfloat16 (`model.to(torch.bfloat16)`; on CPUs
   with AVX-512 BF16 or AMX the matmuls run at about twice the fp32 rate), with BLEU before/after;
 - optionally (`--compile`) `torch.compile` of the decoder module;
-- generate() with every matmul through `F.linear` ("F.linear": the model's `PackedWeights`, oneDNN matmuls with
-  weights reordered once and reused while the weights are unchanged, switched off), and with the weights
-  reordered at every call ("reorder per call", as before the reuse);
-- generate() as transformers runs it ("keep finished": `GenerationMixin._sample`/`_beam_search` put back, so every
-  row of a batch is computed until its last row ends, and the encoder outputs are copied once per beam) next to
-  the model's own loops, which run only unfinished rows (greedy) and unsettled sentences (beam search);
-- beam search with the encoder outputs copied per beam ("beam copies") next to the model's default, where the
-  beams of a sentence share one source memory;
 - greedy through a hand-written loop over the same model that drops finished rows from the batch and the cache
   (`shrinking_greedy` of bench_generate_overhead.py, as OpenNMT-py translates).
 
 Output tokens are the tokens of the returned translation up to and including `</s>` (no start token, no
 padding). Every decoder of a setting runs on one batch before the next batch is taken (alternating, so a slow
-stretch of a shared machine hits all of them alike). Memory: peak RSS above the RSS before, over a separate run of
-the longest batch, in this process (allocator reuse makes it a lower bound). With `--model_dir` (a trained model directory with its tokenizer, e.g. written by scripts/train.py)
-translations have their natural lengths and BLEU is reported; without it an untrained base model is used
-and `max_new_tokens=--untrained-length` (15, the mean reference length in tokens): a random model almost never
-predicts `</s>`, so outputs run to that length (the "tokens" column counts what was really generated) and the
-work per sentence is comparable to a trained model's, but beam search never stops early.
+stretch of a shared machine hits all of them alike). The last table gives the speed-up of the fast paths over
+`fast_paths=False` per setting. Memory: peak RSS above the RSS before, over a separate run of the longest batch,
+in this process (allocator reuse makes it a lower bound). With `--model_dir` (a trained model directory with its
+tokenizer, e.g. written by scripts/train.py) translations have their natural lengths and BLEU is reported;
+without it an untrained base model is used and `max_new_tokens=--untrained-length` (15, the mean reference
+length in tokens): a random model almost never predicts `</s>`, so outputs run to that length (the "tokens"
+column counts what was really generated) and the work per sentence is comparable to a trained model's, but
+beam search never stops early (and finished rows rarely leave the batch).
 
 `--join N` joins every N consecutive test sentences (sources and references) into one: long inputs, as in
 summarisation, where the attention over the source is a large part of each step.
@@ -44,8 +43,8 @@ summarisation, where the attention over the source is a large part of each step.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
+import math
 import statistics
 import time
 import warnings
@@ -53,16 +52,17 @@ from typing import Any
 
 import torch
 from _common import (
+    FAST_PATHS_OFF,
     build_model,
     count_generated_tokens,
     decoding_batches,
+    fast_paths,
     format_table,
     get_tokenizer,
     load_model,
     load_pairs,
     matmul_peak_gflops,
     peak_rss_mb,
-    plain_matmuls,
     print_footer,
     print_header,
     reset_peak_rss,
@@ -72,6 +72,8 @@ from _common import (
 )
 from reference_model import ReferenceSeq2Seq
 from torch import nn
+
+OFF = f"generate() fp32, {FAST_PATHS_OFF}"
 
 # Anchors measured by the project owner on this machine type (2 threads, base shape, batch 64, output tokens/s).
 ANCHORS = {"OpenNMT-py 3.5.1": {1: 7200.0, 5: 2100.0}, "JoeyNMT 2.3.0": {1: 2650.0, 5: 650.0}}
@@ -88,49 +90,6 @@ def quantize(model: nn.Module) -> nn.Module:
     return quantized
 
 
-@contextlib.contextmanager
-def transformers_loops():
-    """Run generate() with transformers' own greedy and beam loops (every row computed until the batch ends)."""
-    from transformers import GenerationMixin
-
-    from modeling_s2s import S2SForConditionalGeneration
-
-    saved = {name: S2SForConditionalGeneration.__dict__[name] for name in ("_sample", "_beam_search")}
-    try:
-        for name in saved:
-            setattr(S2SForConditionalGeneration, name, getattr(GenerationMixin, name))
-        yield
-    finally:
-        for name, method in saved.items():
-            setattr(S2SForConditionalGeneration, name, method)
-
-
-@contextlib.contextmanager
-def source_copy_per_beam():
-    """Beam search with transformers' per-beam copies of the encoder outputs (no shared source memory)."""
-    import modeling_s2s.modeling_s2s as modeling
-
-    saved = modeling._every_nth_row
-    try:
-        modeling._every_nth_row = lambda encoder_outputs, n: encoder_outputs
-        yield
-    finally:
-        modeling._every_nth_row = saved
-
-
-@contextlib.contextmanager
-def reorder_every_call():
-    """generate() reordering the weights for oneDNN at every call instead of reusing the previous call's."""
-    from modeling_s2s.modeling_s2s import PackedWeights, S2SDecoder
-
-    saved = S2SDecoder.__dict__["_reusable_packed_weights"]
-    try:
-        S2SDecoder._reusable_packed_weights = lambda self: PackedWeights()
-        yield
-    finally:
-        S2SDecoder._reusable_packed_weights = saved
-
-
 def join_sentences(texts: list[str], n: int) -> list[str]:
     """Every `n` consecutive texts joined with spaces (the last group may be shorter)."""
     return [" ".join(texts[i : i + n]) for i in range(0, len(texts), n)]
@@ -144,10 +103,13 @@ class Runner:
         self.generation = generation
         self.pad, self.eos = tokenizer.pad_token_id, tokenizer.eos_token_id
 
-    def generate(self, model, input_ids, attention_mask, beams: int) -> torch.Tensor:
-        return model.generate(
-            input_ids=input_ids, attention_mask=attention_mask, num_beams=beams, do_sample=False, **self.generation
-        )
+    def generate(self, model, input_ids, attention_mask, beams: int, fast: bool = True) -> torch.Tensor:
+        """generate() with `model.config.fast_paths = fast` for this call."""
+        with fast_paths(model, fast):
+            return model.generate(
+                input_ids=input_ids, attention_mask=attention_mask, num_beams=beams, do_sample=False,
+                **self.generation,
+            )
 
     def run(self, fn, batches, n_sentences: int) -> dict[str, Any]:
         """fn(input_ids, mask) -> (B, n) generated ids with a start token; see `run_alternating`."""
@@ -198,27 +160,39 @@ def bleu(tokenizer, outputs: list[list[int]], references: list[str]) -> float:
 
 
 MATMUL_OPS = ("aten::mm", "aten::addmm", "aten::bmm")
+ONEDNN_LINEAR = "mkldnn::_linear_pointwise"  # the fast paths' matmuls; the profiler gives them no FLOP count
+
+
+def onednn_linear_flops(event) -> float:
+    """FLOPs of the oneDNN linear calls of one profiler event grouped by input shape: x (..., in), weight
+    (out, in) -> 2·rows·in·out per call."""
+    x_shape, weight_shape = event.input_shapes[0], event.input_shapes[1]
+    rows = math.prod(x_shape[:-1])
+    return 2.0 * rows * weight_shape[0] * weight_shape[1] * event.count
 
 
 def print_profiles(
-    runner: Runner, variants: dict[str, nn.Module], batches, beam_sizes, threads: int, results: dict
+    runner: Runner, variants: dict[str, tuple[nn.Module, bool]], batches, batch_size: int, beam_sizes,
+    threads: int, results: dict,
 ) -> None:
     """Where decoding time goes: the float matmul FLOPs of the batch run (counted by torch.profiler: mm, addmm and
-    bmm; the encoder's fused LSTM kernel is not included) divided by the run's *unprofiled* time from the table
+    bmm, plus the fast paths' oneDNN linear calls from their input shapes; the encoder's fused LSTM kernel is not
+    included) divided by the run's *unprofiled* time from the table
     above, against the fp32 matmul peak of this machine; then the profiler's op table (profiling inflates the
     cost of small ops, so read it for the ranking, not for absolute times)."""
     from torch.profiler import ProfilerActivity, profile
 
     peak = matmul_peak_gflops(threads)
-    batch_size = batches[0][1].shape[0]
     rows, tables = [], []
-    for name, variant in variants.items():
+    for name, (variant, fast) in variants.items():
         for beams in beam_sizes:
-            with profile(activities=[ProfilerActivity.CPU], with_flops=True) as prof:
+            with profile(activities=[ProfilerActivity.CPU], with_flops=True, record_shapes=True) as prof:
                 for _, ids, mask in batches:
-                    runner.generate(variant, ids, mask, beams)
+                    runner.generate(variant, ids, mask, beams, fast)
             averages = prof.key_averages()
             gflop = sum(e.flops for e in averages if e.key in MATMUL_OPS) / 1e9
+            gflop += sum(onednn_linear_flops(e) for e in prof.key_averages(group_by_input_shape=True)
+                         if e.key == ONEDNN_LINEAR) / 1e9
             seconds = results[(name, batch_size, beams)]["seconds"]
             rows.append([name, beams, gflop, seconds, gflop / seconds, gflop / seconds / peak])
             tables.append((f"{name}, beams {beams}", averages.table(sort_by="self_cpu_time_total", row_limit=12)))
@@ -241,7 +215,9 @@ def main() -> None:
     parser.add_argument("--join", type=int, default=1, help="join every N consecutive test sentences into one input")
     parser.add_argument("--max-new-tokens", type=int, default=80, help="trained model (the recipe's max length)")
     parser.add_argument("--untrained-length", type=int, default=15, help="max_new_tokens of the untrained model")
-    parser.add_argument("--no-reference", action="store_true")
+    parser.add_argument("--no-reference", action="store_true", help="leave out the naive reference model")
+    parser.add_argument("--fast-paths-only", action="store_true",
+                        help=f"leave out generate() with config.fast_paths=False ('fp32, {FAST_PATHS_OFF}')")
     parser.add_argument("--no-quantize", action="store_true")
     parser.add_argument("--compile", action="store_true", help="also try torch.compile of the decoder")
     parser.add_argument("--bf16", action="store_true", help="also decode with the weights cast to bfloat16")
@@ -283,15 +259,18 @@ def main() -> None:
     runner = Runner(tokenizer, generation)
     trained = bool(args.model_dir)
 
-    variants: dict[str, nn.Module] = {"generate() fp32": model}
+    # name -> (model, config.fast_paths while it decodes)
+    variants: dict[str, tuple[nn.Module, bool]] = {"generate() fp32": (model, True)}
+    if not args.fast_paths_only:
+        variants[OFF] = (model, False)
     if not args.no_quantize:
-        variants["generate() int8"] = quantize(model)
+        variants["generate() int8"] = (quantize(model), True)
     if args.bf16:
-        variants["generate() bf16"] = copy.deepcopy(model).to(torch.bfloat16)
+        variants["generate() bf16"] = (copy.deepcopy(model).to(torch.bfloat16), True)
     if args.compile:
         compiled = copy.deepcopy(model)
         compiled.model.decoder.compile(dynamic=True)
-        variants["generate() compiled"] = compiled
+        variants["generate() compiled"] = (compiled, True)
     reference = None if args.no_reference else ReferenceSeq2Seq.from_s2s(model).eval()
 
     rows, results = [], {}
@@ -300,31 +279,8 @@ def main() -> None:
         batches = full if batch_size > 1 else single
         n = len(sources)
         fns = {}
-        for name, variant in variants.items():
-            fns[name] = lambda ids, mask, variant=variant, beams=beams: runner.generate(variant, ids, mask, beams)
-
-        def keep_finished_fn(ids, mask, beams=beams):
-            with transformers_loops():
-                return runner.generate(model, ids, mask, beams)
-
-        def plain_fn(ids, mask, beams=beams):
-            with plain_matmuls():
-                return runner.generate(model, ids, mask, beams)
-
-        def reorder_fn(ids, mask, beams=beams):
-            with reorder_every_call():
-                return runner.generate(model, ids, mask, beams)
-
-        fns["generate() keep finished"] = keep_finished_fn
-        fns["generate() F.linear"] = plain_fn
-        fns["generate() reorder per call"] = reorder_fn
-        if beams > 1:
-
-            def copies_fn(ids, mask, beams=beams):
-                with source_copy_per_beam():
-                    return runner.generate(model, ids, mask, beams)
-
-            fns["generate() beam copies"] = copies_fn
+        for name, (variant, fast) in variants.items():
+            fns[name] = lambda ids, mask, v=variant, f=fast, beams=beams: runner.generate(v, ids, mask, beams, f)
         if beams == 1:
             from bench_generate_overhead import shrinking_greedy
 
@@ -343,9 +299,7 @@ def main() -> None:
         results.update({
             (name, batch_size, beams): result for name, result in runner.run_alternating(fns, batches, n).items()
         })
-        names = [*variants, "generate() F.linear", "generate() reorder per call", "generate() keep finished",
-                 "generate() beam copies", "loop dropping finished", "naive reference"]
-        for name in names:
+        for name in [*variants, "loop dropping finished", "naive reference"]:
             result = results.get((name, batch_size, beams))
             if result is None:
                 continue
@@ -360,7 +314,7 @@ def main() -> None:
                 baseline["seconds"] / result["seconds"] if baseline else float("nan"),
                 f"{100 * same / max(1, len(selected)):.0f}%" if baseline else "n/a", score, result["memory"],
             ])
-            print(f"  {name:22s} batch {batch_size:3d} beams {beams}: {result['tokens'] / result['seconds']:,.0f} "
+            print(f"  {name:33s} batch {batch_size:3d} beams {beams}: {result['tokens'] / result['seconds']:,.0f} "
                   f"tok/s", flush=True)
 
     print("\n## Decoding (output tokens/s; × fp32 = speed-up over generate() fp32 in the same setting; "
@@ -381,8 +335,21 @@ def main() -> None:
         print(f"\n## Batch {args.batch_size} vs the anchors (measured by the project owner, not in this run)\n")
         print(format_table(["decoder", "tok/s", *(f"× {name}" for name in ANCHORS)], anchor_rows))
 
+    speedups = []
+    for batch_size, beams in settings:
+        fast, off = results.get(("generate() fp32", batch_size, beams)), results.get((OFF, batch_size, beams))
+        if fast is not None and off is not None:
+            fast_rate, off_rate = fast["tokens"] / fast["seconds"], off["tokens"] / off["seconds"]
+            speedups.append([batch_size, beams, round(fast_rate), round(off_rate), fast_rate / off_rate,
+                             off["memory"], fast["memory"]])
+    if speedups:
+        print(f"\n## Fast paths vs {FAST_PATHS_OFF} (generate() fp32, same model, same batches; "
+              f"× = fast paths tok/s ÷ {FAST_PATHS_OFF} tok/s)\n")
+        print(format_table(["batch", "beams", "fast paths tok/s", f"{FAST_PATHS_OFF} tok/s", "×",
+                            f"{FAST_PATHS_OFF} peak MiB", "fast paths peak MiB"], speedups))
+
     if args.profile:
-        print_profiles(runner, variants, full, args.beams, args.threads, results)
+        print_profiles(runner, variants, full, args.batch_size, args.beams, args.threads, results)
     print_footer()
 
 

@@ -1,11 +1,14 @@
-"""The encoder alone: packed sequences vs one RNN call per source length, forward + backward, on real batches.
+"""The encoder alone, forward + backward on real training batches: fast paths on vs `config.fast_paths = False`.
 
-A training batch whose rows have different source lengths used to be packed (`pack_padded_sequence`), which on
-CPU runs PyTorch's step-by-step RNN; since the seventh session `S2SEncoder` runs the RNN once per distinct length
-(each group cut to its length, oneDNN's fused RNN kernel) when a batch has at most `MAX_LENGTH_GROUPS` lengths.
-This script times the anchor shape's encoder (embeddings 256, biLSTM 2×256, dropout on) both ways on the Multi30k
-training batches that mix source lengths, grouped by how many distinct lengths a batch has; batches with a
-single length are timed once (they take neither path). The two ways alternate batch by batch.
+With `config.fast_paths = True` (the default), `S2SEncoder` on CPU runs the RNN once per distinct source length of
+a batch (each group cut to its length, through oneDNN's fused RNN kernel) when the batch has at most
+`modeling_s2s.fast_paths.MAX_LENGTH_GROUPS` lengths, and packs the batch (`pack_padded_sequence`, which PyTorch
+runs step by step on CPU) when it has more. With `config.fast_paths = False` every batch with mixed lengths is
+packed (the reference path). A batch whose rows all have one length runs unpacked either way.
+
+This script times the anchor shape's encoder (embeddings 256, biLSTM 2×256, dropout on) both ways on the
+Multi30k training batches, grouped by how many distinct source lengths a batch has; the two ways alternate batch
+by batch. "×" = fast_paths=False time ÷ fast paths time (the speed-up of the fast path).
 
     python benchmarks/bench_encoder.py
     python benchmarks/bench_encoder.py --length-grouping target --max-batches 4     # batches of many lengths
@@ -15,28 +18,28 @@ from __future__ import annotations
 
 import argparse
 import collections
-import contextlib
 import time
 
 import torch
 from _common import (
+    FAST_PATHS_OFF,
     build_model,
+    fast_paths,
     format_table,
     get_tokenizer,
-    packed_encoder,
     print_footer,
     print_header,
     setup_threads,
     training_batches,
 )
 
-import modeling_s2s.modeling_s2s as modeling
+from modeling_s2s.fast_paths import MAX_LENGTH_GROUPS
 from modeling_s2s.training import keep_freed_memory_for_reuse
 
 
-def encoder_step(encoder, batch: dict[str, torch.Tensor], packed: bool) -> float:
-    """Forward + backward of the encoder over `batch`; seconds. `packed`: pack every mixed-length batch."""
-    with packed_encoder() if packed else contextlib.nullcontext():
+def encoder_step(encoder, batch: dict[str, torch.Tensor], fast: bool) -> float:
+    """Forward + backward of the encoder over `batch` with `config.fast_paths = fast`; seconds."""
+    with fast_paths(encoder, fast):
         start = time.perf_counter()
         out = encoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
         loss = out.last_hidden_state.sum() + out.final_hidden.sum() + out.final_cell.sum()
@@ -54,7 +57,7 @@ def main() -> None:
 
     setup_threads(args.threads)
     keep_freed_memory_for_reuse()
-    print_header("Encoder forward + backward: packed sequences vs one RNN call per source length")
+    print_header(f"Encoder forward + backward: fast paths vs {FAST_PATHS_OFF}")
     tokenizer = get_tokenizer()
     batches = training_batches(tokenizer, seed=args.seed, grouping=args.length_grouping)
     by_count: dict[int, list] = collections.defaultdict(list)
@@ -62,25 +65,26 @@ def main() -> None:
         by_count[len(set(batch["attention_mask"].sum(1).tolist()))].append(batch)
     print(f"{len(batches)} batches of 64 ({args.length_grouping}-first length grouping); batches per number of "
           f"distinct source lengths: {dict(sorted((k, len(v)) for k, v in by_count.items()))}; "
-          f"MAX_LENGTH_GROUPS = {modeling.MAX_LENGTH_GROUPS}\n", flush=True)
+          f"MAX_LENGTH_GROUPS = {MAX_LENGTH_GROUPS}\n", flush=True)
     encoder = build_model("base", tokenizer).train().get_encoder()
     for batch in batches[:3]:
-        encoder_step(encoder, batch, packed=True)
-        encoder_step(encoder, batch, packed=False)
+        encoder_step(encoder, batch, fast=False)
+        encoder_step(encoder, batch, fast=True)
     rows = []
     for count, group in sorted(by_count.items()):
         timed = group[: args.max_batches]
-        seconds = {"packed": 0.0, "model": 0.0}
+        seconds = {"off": 0.0, "fast": 0.0}
         for batch in timed:
-            seconds["packed"] += encoder_step(encoder, batch, packed=True)
-            seconds["model"] += encoder_step(encoder, batch, packed=False)
+            seconds["off"] += encoder_step(encoder, batch, fast=False)
+            seconds["fast"] += encoder_step(encoder, batch, fast=True)
         per_batch = {name: 1000 * s / len(timed) for name, s in seconds.items()}
         path = "unpacked (one length)" if count == 1 else (
-            "per length" if count <= modeling.MAX_LENGTH_GROUPS else "packed (too many lengths)"
+            "per length" if count <= MAX_LENGTH_GROUPS else "packed (too many lengths)"
         )
-        rows.append([count, len(group), len(timed), per_batch["packed"], per_batch["model"],
-                     per_batch["packed"] / per_batch["model"], path])
-    print(format_table(["lengths", "batches", "timed", "packed ms", "model ms", "× packed", "model's path"], rows))
+        rows.append([count, len(group), len(timed), per_batch["off"], per_batch["fast"],
+                     per_batch["off"] / per_batch["fast"], path])
+    print(format_table(["lengths", "batches", "timed", f"{FAST_PATHS_OFF} ms", "fast paths ms", "×",
+                        "fast paths' encoder"], rows))
     print_footer()
 
 

@@ -5,16 +5,23 @@ Both sides call the model's `forward` with `encoder_outputs` (encoded once) and 
 `cache.reorder_cache(beam_idx)` as generate() does. The minimal loops follow generate()'s rules (greedy: finished
 rows are padded, stop when all rows have `</s>`; beam search: top 2·k candidates, finished hypotheses scored
 by log-probability ÷ length^length_penalty, a sentence is done when it has k finished hypotheses
-(`early_stopping=True`)), so greedy outputs must agree exactly and beam outputs for (nearly) every sentence. A third greedy loop also drops
-finished rows from the batch and the cache (`cache.batch_select_indices`), as OpenNMT-py does: it shows what
-generate()'s keep-every-row-until-the-last-ends policy costs (finished rows are still computed).
+(`early_stopping=True`)), so greedy outputs must agree exactly and beam outputs for (nearly) every sentence. A
+third greedy loop also drops finished rows from the batch and the cache (`cache.batch_select_indices`), as
+OpenNMT-py does.
+
+generate() runs twice: with the model's fast paths (`config.fast_paths = True`, the default: the model's own
+greedy and beam loops, in which finished rows and settled sentences leave the batch) and with
+`config.fast_paths = False` (transformers' own loops, which compute every row until the last row of the batch
+ends, over the plain reference model); the last table gives the speed-up of the fast paths.
+`--fast-paths-only` leaves the second out. The minimal loops run with the fast paths on.
 
 Timed at batch 64 on the first `--batches` length-sorted batches of Multi30k test_2016_flickr, the methods
 alternating batch by batch; each batch is timed `--repeats` times and the fastest kept.
 
-`--stopping-rule` also decodes the whole test set with beam search and counts, per sentence, the beam steps it
-stays in the batch under transformers' rule (`early_stopping=True`: until `num_beams` hypotheses have finished)
-and the step at which its best candidate first ends, where OpenNMT-py stops a sentence.
+`--stopping-rule` also decodes the whole test set with transformers' beam search (`config.fast_paths = False`)
+and counts, per sentence, the beam steps its batch runs under transformers' rule (`early_stopping=True`: until
+every sentence has `num_beams` finished hypotheses) and the step at which its best candidate first ends, where
+OpenNMT-py stops a sentence.
 
     python benchmarks/bench_generate_overhead.py --model_dir /tmp/runs/quick1
     python benchmarks/bench_generate_overhead.py --batches 1 --repeats 1        # a quick look
@@ -24,14 +31,17 @@ and the step at which its best candidate first ends, where OpenNMT-py stops a se
 from __future__ import annotations
 
 import argparse
+import inspect
 import time
 
 import torch
 import torch.nn.functional as F
 from _common import (
+    FAST_PATHS_OFF,
     build_model,
     count_generated_tokens,
     decoding_batches,
+    fast_paths,
     format_table,
     get_tokenizer,
     load_model,
@@ -71,8 +81,9 @@ def minimal_greedy(model, input_ids, attention_mask, max_new_tokens: int, min_ne
 @torch.no_grad()
 def shrinking_greedy(model, input_ids, attention_mask, max_new_tokens: int, min_new_tokens: int = 0) -> torch.Tensor:
     """Greedy search that drops finished rows from the batch (and from the cache, with
-    `cache.batch_select_indices`), as OpenNMT-py's translator does; generate() keeps computing finished rows until
-    the last row of the batch ends. Same translations as `minimal_greedy`."""
+    `cache.batch_select_indices`), as OpenNMT-py's translator and the model's own greedy loop do (transformers'
+    loop keeps computing finished rows until the last row of the batch ends). Same translations as
+    `minimal_greedy`."""
     config = model.config
     encoder_outputs = model.get_encoder()(input_ids=input_ids, attention_mask=attention_mask)
     batch = input_ids.shape[0]
@@ -163,34 +174,48 @@ def minimal_beam(model, input_ids, attention_mask, num_beams: int, max_new_token
 
 
 def beam_steps_per_sentence(model, batches, num_beams: int, max_new_tokens: int) -> tuple[float, float]:
-    """Mean beam steps a sentence stays in generate()'s beam search, and mean steps until its best candidate first
-    ends (OpenNMT-py's stopping rule), over `batches`. Spies on transformers' `_get_running_beams_for_next_iteration`,
-    which the model's beam loop calls once per step with the step's candidates."""
+    """Mean beam steps a sentence's batch runs in transformers' beam search (`config.fast_paths = False`), and mean
+    steps until its best candidate first ends (OpenNMT-py's stopping rule), over `batches`. Spies on transformers'
+    `GenerationMixin._get_running_beams_for_next_iteration`, which its beam loop calls once per step with the
+    step's candidates (arguments taken by position: log-probabilities, sequences, beam indices, stopping-criteria
+    hits, number of beams)."""
     from modeling_s2s import S2SForConditionalGeneration
 
-    original = S2SForConditionalGeneration._get_running_beams_for_next_iteration
+    name = "_get_running_beams_for_next_iteration"
+    own = S2SForConditionalGeneration.__dict__.get(name)  # None: inherited from GenerationMixin
+    original = getattr(S2SForConditionalGeneration, name)
+    signature = inspect.signature(original)
+    names = list(signature.parameters)[1:]  # after self
     steps: dict[int, list] = {}  # sentence -> [step its best candidate first ended, last step it was searched]
 
-    def spy(self, topk_log_probs, topk_sequences, topk_beam_indices, hits, beams):
+    def spy(self, *args, **kwargs):
+        arguments = signature.bind(self, *args, **kwargs).arguments
+        topk_beam_indices, hits, beams = (arguments[parameter] for parameter in names[2:5])
         column = int((topk_beam_indices[0, 0] != -1).sum()) - 1  # this step's column of the beam indices
         for sentence, best_ends in zip((topk_beam_indices[:, 0, column] // beams).tolist(), hits[:, 0].tolist()):
             record = steps.setdefault(sentence, [None, 0])
             if best_ends and record[0] is None:
                 record[0] = column + 1
             record[1] = column + 1
-        return original(self, topk_log_probs, topk_sequences, topk_beam_indices, hits, beams)
+        return original(self, *args, **kwargs)
 
     ours = first_end = count = 0
-    S2SForConditionalGeneration._get_running_beams_for_next_iteration = spy
+    setattr(S2SForConditionalGeneration, name, spy)
     try:
-        for _, input_ids, mask in batches:
-            steps.clear()
-            model.generate(input_ids=input_ids, attention_mask=mask, num_beams=num_beams, max_new_tokens=max_new_tokens,
-                           early_stopping=True)
-            for best_ended, last in steps.values():
-                ours, first_end, count = ours + last, first_end + (best_ended or last), count + 1
+        with fast_paths(model, False):  # the model's own beam loop does not call transformers' step methods
+            for _, input_ids, mask in batches:
+                steps.clear()
+                model.generate(input_ids=input_ids, attention_mask=mask, num_beams=num_beams,
+                               max_new_tokens=max_new_tokens, early_stopping=True)
+                for best_ended, last in steps.values():
+                    ours, first_end, count = ours + last, first_end + (best_ended or last), count + 1
     finally:
-        S2SForConditionalGeneration._get_running_beams_for_next_iteration = original
+        if own is None:
+            delattr(S2SForConditionalGeneration, name)
+        else:
+            setattr(S2SForConditionalGeneration, name, own)
+    if not count:
+        raise RuntimeError(f"transformers' beam search did not call {name}")
     return ours / count, first_end / count
 
 
@@ -208,6 +233,8 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true", help="profile generate() beam search on one batch")
     parser.add_argument("--stopping-rule", action="store_true",
                         help="beam steps per sentence: transformers' early_stopping=True vs OpenNMT-py's rule")
+    parser.add_argument("--fast-paths-only", action="store_true",
+                        help=f"leave out generate() with config.fast_paths=False ('{FAST_PATHS_OFF}')")
     args = parser.parse_args()
 
     setup_threads(args.threads)
@@ -240,15 +267,20 @@ def main() -> None:
     generation = dict(do_sample=False, max_new_tokens=max_new, early_stopping=True, length_penalty=length_penalty)
     if min_new:
         generation["min_new_tokens"] = min_new
-    methods = {
-        "generate() greedy": lambda ids, m: model.generate(input_ids=ids, attention_mask=m, num_beams=1, **generation),
-        "minimal greedy": lambda ids, m: minimal_greedy(model, ids, m, max_new, min_new),
-        "minimal greedy, drops finished rows": lambda ids, m: shrinking_greedy(model, ids, m, max_new, min_new),
-        f"generate() beam {args.beams}": lambda ids, m: model.generate(
-            input_ids=ids, attention_mask=m, num_beams=args.beams, **generation),
-        f"minimal beam {args.beams}": lambda ids, m: minimal_beam(model, ids, m, args.beams, max_new, min_new,
-                                                                  length_penalty),
-    }
+    def generate(ids, mask, beams: int, fast: bool = True):
+        with fast_paths(model, fast):
+            return model.generate(input_ids=ids, attention_mask=mask, num_beams=beams, **generation)
+
+    kinds = (("greedy", 1), (f"beam {args.beams}", args.beams))
+    methods = {}
+    for kind, beams in kinds:
+        methods[f"generate() {kind}"] = lambda ids, m, beams=beams: generate(ids, m, beams)
+        if not args.fast_paths_only:
+            methods[f"generate() {kind}, {FAST_PATHS_OFF}"] = lambda ids, m, beams=beams: generate(ids, m, beams, False)
+    methods["minimal greedy"] = lambda ids, m: minimal_greedy(model, ids, m, max_new, min_new)
+    methods["minimal greedy, drops finished rows"] = lambda ids, m: shrinking_greedy(model, ids, m, max_new, min_new)
+    methods[f"minimal beam {args.beams}"] = lambda ids, m: minimal_beam(model, ids, m, args.beams, max_new, min_new,
+                                                                        length_penalty)
     pad, eos = tokenizer.pad_token_id, tokenizer.eos_token_id
     for fn in methods.values():  # warm-up
         fn(batches[0][1], batches[0][2])
@@ -266,18 +298,25 @@ def main() -> None:
             tokens[name] += count_generated_tokens(generated, pad, eos)
             outputs[name] += [strip_generated(row[1:], pad, eos) for row in generated.tolist()]
 
-    rows = []
-    for kind, beams in (("greedy", 1), (f"beam {args.beams}", args.beams)):
-        gen, minimal = f"generate() {kind}", f"minimal {kind}"
+    rows, speedups = [], []
+    for kind, beams in kinds:
+        gen, off, minimal = f"generate() {kind}", f"generate() {kind}, {FAST_PATHS_OFF}", f"minimal {kind}"
         n = len(outputs[gen])
-        for name in [gen, minimal] + (["minimal greedy, drops finished rows"] if beams == 1 else []):
+        names = [gen, off, minimal] + (["minimal greedy, drops finished rows"] if beams == 1 else [])
+        for name in (name for name in names if name in methods):
             same = sum(a == b for a, b in zip(outputs[gen], outputs[name]))
             rows.append([name, beams, n, seconds[name], round(tokens[name] / seconds[name]),
                          seconds[name] / seconds[minimal], f"{100 * same / n:.1f}%"])
+        if off in methods:
+            speedups.append([kind, round(tokens[gen] / seconds[gen]), round(tokens[off] / seconds[off]),
+                             seconds[off] / seconds[gen]])
     print(f"## generate() vs minimal loops, batch {args.batch_size} (× minimal = time ÷ minimal loop's time; "
           "agree = identical translations)\n")
     print(format_table(["decoder", "beams", "sentences", "seconds", "tok/s", "× minimal", "agree with generate()"],
                        rows))
+    if speedups:
+        print(f"\n## generate() with fast paths vs {FAST_PATHS_OFF} (× = {FAST_PATHS_OFF} time ÷ fast paths time)\n")
+        print(format_table(["search", "fast paths tok/s", f"{FAST_PATHS_OFF} tok/s", "×"], speedups))
 
     if args.profile:
         from torch.profiler import ProfilerActivity, profile
@@ -292,7 +331,8 @@ def main() -> None:
         ours, onmt = beam_steps_per_sentence(model, all_batches, args.beams, max_new)
         print(f"\n## Beam {args.beams} steps per sentence over the whole test set ({len(sources)} sentences)\n")
         print(format_table(["stopping rule", "beam steps per sentence"], [
-            ["transformers, early_stopping=True (num_beams finished hypotheses)", ours],
+            ["transformers' loop, early_stopping=True (until every sentence has num_beams finished hypotheses)",
+             ours],
             ["OpenNMT-py (its best candidate ends)", onmt],
             ["ratio", ours / onmt],
         ]))

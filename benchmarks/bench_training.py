@@ -1,9 +1,22 @@
-"""Training throughput: S2S model vs the naive PyTorch reference, side by side on the same Multi30k batches.
+"""Training throughput: the S2S model with and without its fast paths, and the naive PyTorch reference, side by side
+on the same Multi30k batches.
 
-For each preset of configuration/models/ (tiny, small, base, base_fused) both implementations start from the same
+For each preset of configuration/models/ (tiny, small, base, base_fused) three implementations start from the same
 weights and train on the same length-grouped batches of 64 sentence pairs (forward + backward + gradient
-clipping at 5 + Adam step, dropout on). Warm-up steps are excluded; the timed steps alternate between the two
-implementations batch by batch, so load from other jobs hits both alike and the ratio stays meaningful.
+clipping at 5 + Adam step, dropout on):
+
+- "s2s": `S2SForConditionalGeneration` as it trains by default (`config.fast_paths = True`: the per-length CPU
+  encoder, the decoder's step matmuls through oneDNN with reordered weights and the weight gradients of all steps
+  in one matmul, the output layer only up to each row's last label);
+- "s2s fast_paths=False": the same model with `config.fast_paths = False` (the plain reference math of
+  modeling_s2s.py); `--fast-paths-only` leaves it out;
+- "naive": benchmarks/reference_model.py, a tutorial-style implementation of the same architecture;
+  `--no-reference` leaves it out.
+
+Optionally (`--bf16`) also "s2s bf16": the S2S model under CPU bf16 autocast, as Trainer's `--bf16`. Warm-up steps
+are excluded; the timed steps alternate between the implementations batch by batch, so load from other jobs hits
+all alike and the ratios stay meaningful: "× naive" and "× off" (the speed-up of the fast paths: tokens/s ÷
+those of "s2s fast_paths=False").
 
 Model FLOPs (analytical, multiply-add = 2 FLOPs, real tokens only, padding excluded; E embedding size, H hidden
 size, V vocabulary, S_b real source length of the sentence, F = H with input feeding else 0):
@@ -23,6 +36,7 @@ increase over the RSS before the first step (model, batches and libraries loaded
 
     python benchmarks/bench_training.py                       # all presets, 20 timed steps each
     python benchmarks/bench_training.py --presets base --steps 3 --warmup 1 --no-memory   # a quick look
+    python benchmarks/bench_training.py --presets base base_fused --bf16                  # also bf16 autocast
 """
 
 from __future__ import annotations
@@ -34,13 +48,13 @@ from typing import Any
 
 import torch
 from _common import (
+    FAST_PATHS_OFF,
     PRESETS,
+    fast_paths,
     format_table,
     get_tokenizer,
     matmul_peak_gflops,
-    packed_encoder,
     peak_rss_mb,
-    plain_matmuls,
     preset_kwargs,
     print_footer,
     print_header,
@@ -53,6 +67,9 @@ from _common import (
 from reference_model import ReferenceSeq2Seq
 
 from modeling_s2s.training import keep_freed_memory_for_reuse
+
+OFF = f"s2s {FAST_PATHS_OFF}"  # the S2S model with config.fast_paths = False
+NAIVE = "naive"  # benchmarks/reference_model.py
 
 # Anchors measured by the project owner on this machine type (2 CPU threads, base shape, batch 64).
 ANCHORS = {"OpenNMT-py 3.5.1": 2800.0, "JoeyNMT 2.3.0": 1150.0}
@@ -72,8 +89,9 @@ def flops_per_batch(config: Any, batch: dict[str, torch.Tensor]) -> float:
     return 3.0 * (encoder + bridge + decoder)
 
 
-def make_step(module: torch.nn.Module, is_reference: bool, bf16: bool = False):
-    """One training step; `bf16` runs forward and loss under CPU bf16 autocast, as Trainer's `--bf16` does."""
+def make_step(module: torch.nn.Module, is_reference: bool, bf16: bool = False, fast: bool = True):
+    """One training step; `bf16` runs forward and loss under CPU bf16 autocast, as Trainer's `--bf16` does; `fast`:
+    the S2S model's `config.fast_paths` during the step."""
     optimizer = torch.optim.Adam(module.parameters(), lr=1e-3)
     module.train()
 
@@ -83,40 +101,14 @@ def make_step(module: torch.nn.Module, is_reference: bool, bf16: bool = False):
             if is_reference:
                 loss = module(batch["input_ids"], batch["attention_mask"], batch["labels"])
             else:
-                loss = module(**batch).loss
+                with fast_paths(module, fast):
+                    loss = module(**batch).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(module.parameters(), 5.0)
         optimizer.step()
         return float(loss.detach())
 
     return step
-
-
-def with_per_step_weight_gradients(step):
-    """`step` with each step-loop matmul's weight gradient computed and added per decoder step, as before
-    `_DeferredWeightGradient` (for the A/B of `--per-step-weight-gradients`)."""
-    from modeling_s2s.modeling_s2s import PackedWeights
-
-    def run(batch: dict[str, torch.Tensor]) -> float:
-        saved = PackedWeights.__dict__["_deferring_gradients"]
-        PackedWeights._deferring_gradients = lambda self, name, weight, bias: (weight, bias)
-        try:
-            return step(batch)
-        finally:
-            PackedWeights._deferring_gradients = saved
-
-    return run
-
-
-def under(context, step):
-    """`step` run inside `context()` (`plain_matmuls` for `--plain-matmuls`, `packed_encoder` for
-    `--packed-encoder`)."""
-
-    def run(batch: dict[str, torch.Tensor]) -> float:
-        with context():
-            return step(batch)
-
-    return run
 
 
 def build_pair(preset: str, config_kwargs: dict[str, Any]):
@@ -137,10 +129,10 @@ def memory_probe(
     if reuse:
         keep_freed_memory_for_reuse()
     model, reference = build_pair(preset, config_kwargs)
-    module = reference if implementation == "reference" else model
-    if implementation == "reference":
+    module = reference if implementation == NAIVE else model
+    if implementation == NAIVE:
         del model
-    step = make_step(module, implementation == "reference")
+    step = make_step(module, implementation == NAIVE, fast=implementation != OFF)
     reset_peak_rss()
     before = rss_mb()
     for batch in batches:
@@ -163,23 +155,17 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps per implementation and preset first")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--no-reference", action="store_true", help="time the S2S model only")
+    parser.add_argument("--no-reference", action="store_true", help="leave out the naive reference model")
+    parser.add_argument("--fast-paths-only", action="store_true",
+                        help=f"leave out the S2S model with config.fast_paths=False ('{OFF}')")
     parser.add_argument("--no-memory", action="store_true", help="skip the per-preset peak-memory subprocesses")
     parser.add_argument("--memory-steps", type=int, default=2)
     parser.add_argument("--peak-seconds", type=float, default=2.0, help="duration of the matmul peak measurement")
     parser.add_argument("--profile", action="store_true", help="print a torch.profiler table of one S2S step")
-    parser.add_argument("--per-step-weight-gradients", action="store_true",
-                        help="also time S2S with the step loop's weight gradients computed per step (A/B)")
     parser.add_argument("--seed", type=int, default=0, help="batch order")
     parser.add_argument("--length-grouping", default="source", choices=("source", "target"),
                         help="batch sort key, as the trainer's --length_grouping")
     parser.add_argument("--bf16", action="store_true", help="also time the S2S model under CPU bf16 autocast")
-    parser.add_argument("--packed-encoder", action="store_true",
-                        help="also time the S2S model with its encoder packing every mixed-length batch instead of "
-                             "running the RNN once per source length")
-    parser.add_argument("--plain-matmuls", action="store_true",
-                        help="also time the S2S model with its step-loop matmuls through F.linear instead of oneDNN "
-                             "with reordered weights (PackedWeights)")
     parser.add_argument("--default-malloc", action="store_true",
                         help="leave glibc's allocator as it is (the training scripts call "
                              "modeling_s2s.training.keep_freed_memory_for_reuse, and so does this script by default)")
@@ -190,7 +176,8 @@ def main() -> None:
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
-    print_header("Training throughput: S2S model vs naive PyTorch reference (same batches, same weights)")
+    print_header(f"Training throughput: S2S model, S2S with {FAST_PATHS_OFF} and the naive PyTorch reference "
+                 "(same batches, same weights)")
     tokenizer = get_tokenizer()
     batches = training_batches(tokenizer, args.batch_size, seed=args.seed, grouping=args.length_grouping)
     warmup, timed = batches[: args.warmup], batches[args.warmup : args.warmup + args.steps]
@@ -216,23 +203,18 @@ def main() -> None:
         decoder_start_token_id=tokenizer.bos_token_id,
     )
     rows, memory_rows = [], []
+    memory_names = ["s2s", *([] if args.fast_paths_only else [OFF]), *([] if args.no_reference else [NAIVE])]
     results: dict[str, dict[str, float]] = {}
     for preset in args.presets:
         model, reference = build_pair(preset, config_kwargs)
         config = model.config
         implementations = {"s2s": make_step(model, False)}
+        if not args.fast_paths_only:
+            implementations[OFF] = make_step(copy.deepcopy(model), False, fast=False)
         if args.bf16:
             implementations["s2s bf16"] = make_step(copy.deepcopy(model), False, bf16=True)
-        if args.per_step_weight_gradients:
-            implementations["s2s per-step wgrad"] = with_per_step_weight_gradients(
-                make_step(copy.deepcopy(model), False)
-            )
-        if args.plain_matmuls:
-            implementations["s2s F.linear"] = under(plain_matmuls, make_step(copy.deepcopy(model), False))
-        if args.packed_encoder:
-            implementations["s2s packed encoder"] = under(packed_encoder, make_step(copy.deepcopy(model), False))
         if not args.no_reference:
-            implementations["reference"] = make_step(reference, True)
+            implementations[NAIVE] = make_step(reference, True)
         for step in implementations.values():
             for batch in warmup:
                 step(batch)
@@ -244,14 +226,14 @@ def main() -> None:
                 seconds[name] += time.perf_counter() - start
         flops = sum(flops_per_batch(config, b) for b in timed)
         params = sum(p.numel() for p in model.parameters())
-        results[preset] = {name: tokens / s for name, s in seconds.items()}
+        results[preset] = rates = {name: tokens / s for name, s in seconds.items()}
         for name, s in seconds.items():
             rate = tokens / s
-            ratio = rate / results[preset]["reference"] if "reference" in results[preset] else float("nan")
             rows.append([
                 preset, "fused" if config.fused_decoder else "steps", name, f"{params / 1e6:.2f}M",
-                round(rate), 1000 * s / len(timed), ratio if name != "reference" else 1.0,
-                flops / tokens / 1e6, flops / s / 1e9, f"{100 * flops / s / 1e9 / peak:.1f}%",
+                round(rate), 1000 * s / len(timed), rate / rates.get(NAIVE, float("nan")),
+                rate / rates.get(OFF, float("nan")), flops / tokens / 1e6, flops / s / 1e9,
+                f"{100 * flops / s / 1e9 / peak:.1f}%",
             ])
         print(f"{preset}: " + ", ".join(f"{n} {tokens / s:,.0f} tok/s" for n, s in seconds.items()), flush=True)
         if args.profile:
@@ -261,28 +243,30 @@ def main() -> None:
             few = timed[: args.memory_steps]
             memory = {
                 name: run_isolated(memory_probe, preset, config_kwargs, name, few, args.threads, reuse)
-                for name in (["s2s"] if args.no_reference else ["s2s", "reference"])
+                for name in memory_names
             }
             memory_rows.append([preset, *(memory[n] for n in memory)])
 
-    print("\n## Training throughput (target tokens/s; ratio = S2S ÷ reference on the same batches)\n")
+    print(f"\n## Training throughput (target tokens/s on the same batches; × naive = tok/s ÷ the naive reference's, "
+          f"× off = tok/s ÷ those of '{OFF}', i.e. the speed-up of the fast paths)\n")
     print(format_table(
-        ["preset", "decoder", "impl", "params", "tok/s", "ms/step", "× ref", "MFLOP/tok", "GFLOP/s", "MFU"], rows
+        ["preset", "decoder", "impl", "params", "tok/s", "ms/step", "× naive", "× off", "MFLOP/tok", "GFLOP/s",
+         "MFU"],
+        rows,
     ))
     if "base" in results or "base_fused" in results:
         print("\n## Base shape vs the anchors (measured by the project owner, not in this run)\n")
         anchor_rows = []
         for preset in ("base", "base_fused"):
             for name, rate in results.get(preset, {}).items():
-                if name != "reference":
-                    suffix = {"s2s bf16": " (bf16 autocast)", "s2s per-step wgrad": " (per-step weight gradients)",
-                              "s2s F.linear": " (F.linear step matmuls)", "s2s packed encoder": " (packed encoder)"}
+                if name != NAIVE:
+                    suffix = {"s2s bf16": " (bf16 autocast)", OFF: f" ({FAST_PATHS_OFF})"}
                     label = f"S2S {preset}" + suffix.get(name, "")
                     anchor_rows.append([label, round(rate), *(rate / a for a in ANCHORS.values())])
         print(format_table(["model", "tok/s", *(f"× {name} ({a:,.0f})" for name, a in ANCHORS.items())],
                            anchor_rows))
     if memory_rows:
-        names = ["s2s"] if args.no_reference else ["s2s", "reference"]
+        names = memory_names
         print(f"\n## Peak memory of training ({args.memory_steps} steps incl. the first Adam step, fresh process; "
               "MiB of RSS above the pre-step RSS)\n")
         print(format_table(["preset", *(f"{n} MiB" for n in names)], memory_rows))

@@ -675,9 +675,9 @@ def pair_length_keys(dataset: Dataset, first: str = "source") -> list[int]:
 
     `first="source"` (the default) sorts as transformers' `group_by_length` does, by the length of `input_ids`,
     and breaks ties by target length. `first="target"` gives batches of targets of nearly equal length (on
-    Multi30k 3 % of the target positions are padding instead of 30 %; both train at the same speed since the
-    fifth session's changes); in 25-minute bf16 runs it gave lower BLEU than source-first batches, in an fp32 run
-    higher (benchmarks/RESULTS_quality.md).
+    Multi30k 3 % of the target positions are padding instead of 30 %; both train at about the same speed, since
+    with the default fast paths the output layer runs only inside the label spans); in 25-minute bf16 runs it
+    gave lower BLEU than source-first batches, in an fp32 run higher (benchmarks/RESULTS_quality.md).
 
     Returns one int per example that sorts as `(len(input_ids), len(labels))`, or as
     `(len(labels), len(input_ids))` with `first="target"`.

@@ -41,14 +41,14 @@ MAX_LENGTH_GROUPS = 16
 
 def encoder_rnn(rnn: nn.RNNBase, embeddings: torch.Tensor, lengths: torch.Tensor):
     """`S2SEncoder._run_rnn` as one `rnn` call per group of rows of the same length, each cut to that length, or
-    None where packing is the better choice (GPU, one length only, more than `MAX_LENGTH_GROUPS` lengths).
+    None where the reference does as well (GPU, no padding at all, more than `MAX_LENGTH_GROUPS` lengths).
 
     embeddings: (B, S, E), lengths: (B,) -> outputs (B, S, H) with zeros at the padding, and the final state."""
     total_length = embeddings.shape[1]
     if embeddings.device.type != "cpu" or not isinstance(rnn, (nn.LSTM, nn.GRU)):
         return None
     distinct = lengths.unique().tolist()
-    if len(distinct) == 1 or len(distinct) > MAX_LENGTH_GROUPS:
+    if distinct == [total_length] or len(distinct) > MAX_LENGTH_GROUPS:
         return None
     groups = [(lengths == length).nonzero().squeeze(1) for length in distinct]
     outputs, states = [], []

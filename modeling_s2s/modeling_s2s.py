@@ -1,6 +1,6 @@
 """RNN (LSTM/GRU) encoder–decoder with Luong, Bahdanau and self-attention, as a transformers model.
 
-This file is the reference: the model's math, read bottom-up — input checks → RNN cells → attention → decoder
+This file is the reference: the model's math, read bottom-up — decoder inputs → RNN cells → attention → decoder
 state (cache) → outputs → pre-trained base → encoder, bridge, decoder → `S2SModel` →
 `S2SForConditionalGeneration`. Shapes: B batch, S source length, T target length, H hidden size, E embedding size,
 L layers, V vocabulary, h heads.
@@ -14,6 +14,7 @@ use the same parameters; tests pin them equal.
 Code that exists only for speed lives elsewhere, behind `config.fast_paths`: `fast_paths.py` (CPU kernels, the
 per-length encoder, the training output layer) and `generation_s2s.py` (greedy and beam search in which finished
 rows leave the batch). Each hook below falls back to the math here, and tests pin each fast path equal to it.
+Input checks (`input_checks.py`) and vocabulary resizing (`resizing.py`) sit in their own small modules too.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from .generation_s2s import can_decode, decode, max_new_tokens_replace_the_defau
 from .input_checks import check_attention_mask, check_token_ids
 from .resizing import ResizableVocabularyMixin
 
-# -------------------- Inputs --------------------------------------------------------------------------------
+# -------------------- Decoder inputs ----------------------------------------------------------------------
 
 
 def shift_tokens_right(labels: torch.Tensor, pad_token_id: int, decoder_start_token_id: int) -> torch.Tensor:

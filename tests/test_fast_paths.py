@@ -348,3 +348,21 @@ def test_a_copied_cache_rebuilds_its_packed_weights():
         again = model(input_ids=ids, attention_mask=mask, decoder_input_ids=step, cache=copied,
                       use_cache=True).logits
     torch.testing.assert_close(again, expected, atol=0, rtol=0)
+
+
+def test_cpu_encoder_cuts_a_batch_padded_past_its_longest_row():
+    """Every row of the same length, padded further (fixed-length padding): one RNN call over the real length,
+    the outputs and final states of the reference's packed run."""
+    model = make_model(**GRID[0])
+    ids, mask = random_ids([4, 4, 4])
+    ids = torch.cat([ids, torch.zeros(3, 3, dtype=torch.long)], dim=1)
+    mask = torch.cat([mask, torch.zeros(3, 3, dtype=torch.long)], dim=1)
+    encoder = model.get_encoder()
+    embeddings = encoder.embed_tokens(ids)
+    assert fast_paths.encoder_rnn(encoder.rnn, embeddings, mask.sum(1)) is not None
+    with torch.no_grad():
+        fast = encoder(input_ids=ids, attention_mask=mask)
+        model.config.fast_paths = False
+        reference = encoder(input_ids=ids, attention_mask=mask)
+    for name in ("last_hidden_state", "final_hidden", "final_cell"):
+        torch.testing.assert_close(getattr(fast, name), getattr(reference, name), atol=ATOL, rtol=0)
