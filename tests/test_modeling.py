@@ -147,15 +147,6 @@ def test_cache_passed_under_its_pre_5_24_name_past_key_values_still_continues_de
     torch.testing.assert_close(rest.logits, full[:, 2:], atol=ATOL, rtol=0)
 
 
-def _encode_with_gradients(model, ids, mask):
-    encoder = model.get_encoder()
-    out = encoder(input_ids=ids, attention_mask=mask)
-    loss = out.last_hidden_state.pow(2).sum() + out.final_hidden.pow(2).sum()
-    if out.final_cell is not None:
-        loss = loss + out.final_cell.pow(2).sum()
-    return out, torch.autograd.grad(loss, [*encoder.rnn.parameters(), encoder.embed_tokens.weight])
-
-
 @pytest.mark.parametrize("options", GRID, ids=grid_id)
 def test_padding_never_changes_a_row(options):
     """Each row of a right-padded batch (source and target) gives the logits of that sequence alone."""
