@@ -23,7 +23,9 @@ What the loop guarantees (and `tests/test_accelerate.py` checks):
   RNG states and a registered :class:`TrainingProgress` (epoch, optimizer steps, samples consumed in the epoch);
   `load_state` + `skip_first_batches` continue at the exact batch, also with a different number of processes
   (as long as the global batch still lines up). Each checkpoint stores the model `config.json`; resuming with a
-  different model configuration fails and names the differing keys.
+  different model configuration fails and names the differing keys. A checkpoint is written to
+  `tmp-checkpoint-<step>/` and renamed when complete, so a run stopped while saving leaves the previous ones
+  usable; `--resume_from_checkpoint true` takes the newest complete one (`job.last_complete_checkpoint`).
 * **Clear failures before training.** fp16 or an Accelerate GPU config on a machine without a GPU, a launcher
   that started several processes that Accelerate does not see, a `global_batch_size` that is not
   `per_device_train_batch_size × world size × gradient_accumulation_steps`: `LaunchError` with the numbers.
@@ -36,7 +38,6 @@ import json
 import logging
 import math
 import os
-import re
 import shutil
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -61,7 +62,6 @@ from tqdm.auto import tqdm
 from transformers import (
     AutoTokenizer,
     EvalPrediction,
-    HfArgumentParser,
     PreTrainedTokenizerBase,
     get_scheduler,
 )
@@ -71,20 +71,25 @@ from .configuration_s2s import S2SConfig
 from .data import pair_length_keys
 from .job import (
     DataArguments,
+    JobError,
     ModelArguments,
     TimeBudget,
     build_model,
     check_hub_arguments,
+    check_job_plan,
     check_output_dir,
+    checkpoint_dirs,
+    checkpoint_problems,
+    clear_earlier_run,
     configure_logging,
     final_evaluation,
     final_generation_kwargs,
     finish_output_directory,
     keep_freed_memory_for_reuse,
     load_raw_datasets,
+    parse_job_arguments,
     prefixed,
     prepare_tokenizer,
-    recipe_argv,
     seq2seq_collator,
     tokenize_splits,
 )
@@ -111,9 +116,11 @@ __all__ = [
 CHECKPOINT_CONFIG_NAME = "config.json"
 #: File with the human-readable progress of a checkpoint (the loop itself restores the registered object).
 PROGRESS_FILE_NAME = "training_progress.json"
+#: Files besides the weights that make a checkpoint of this loop complete (see `job.checkpoint_problems`); the
+#: progress file is written last, and the whole checkpoint is staged in `tmp-checkpoint-<step>` and renamed.
+ACCELERATE_CHECKPOINT_FILES = (CHECKPOINT_CONFIG_NAME, PROGRESS_FILE_NAME)
 #: Per-step training logs (loss, learning_rate, grad_norm, epoch; eval metrics), JSON lines, in output_dir.
 LOG_HISTORY_NAME = "log_history.jsonl"
-_CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
 #: Config keys that do not describe the model (bookkeeping written by transformers; the fast-paths switch).
 _IGNORED_CONFIG_KEYS = frozenset(
     {"transformers_version", "_name_or_path", "architectures", "auto_map", "dtype", "torch_dtype", "_commit_hash",
@@ -126,7 +133,7 @@ MIXED_PRECISION_CHOICES = ("no", "bf16", "fp16")
 SAMPLING_STRATEGIES = ("random", "sequential", "group_by_length")
 
 
-class LaunchError(ValueError):
+class LaunchError(JobError):
     """A launch that cannot work (hardware, world size, batch arithmetic, checkpoint); raised before training."""
 
 
@@ -307,10 +314,10 @@ def parse_arguments(
 
     A recipe written for `scripts/train.py` (e.g. `configuration/recipes/quick.yaml`) also works: Trainer-only
     keys are mapped (`warmup_steps` → `num_warmup_steps`, `max_steps` → `max_train_steps`, `save_strategy` →
-    `checkpointing_steps`, `report_to` → `with_tracking`) or skipped with a log line.
+    `checkpointing_steps`, `report_to` → `with_tracking`) or skipped with a log line; any other unknown or
+    abbreviated key or option raises `job.ArgumentError` naming the closest valid name.
     """
-    parser = HfArgumentParser((ModelArguments, DataArguments, AccelerateArguments))
-    return parser.parse_args_into_dataclasses(args=recipe_argv(argv, _translate_trainer_recipe))
+    return parse_job_arguments((ModelArguments, DataArguments, AccelerateArguments), argv, _translate_trainer_recipe)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -459,14 +466,6 @@ def check_checkpoint_config(checkpoint_dir: str | os.PathLike, config: S2SConfig
         )
     for key, (old, new) in differences.items():
         logger.warning("Resuming with %s=%r (the checkpoint was trained with %r).", key, new, old)
-
-
-def _checkpoint_dirs(output_dir: str | os.PathLike) -> list[Path]:
-    root = Path(output_dir)
-    if not root.is_dir():
-        return []
-    found = [(int(m.group(1)), p) for p in root.iterdir() if p.is_dir() and (m := _CHECKPOINT_PATTERN.match(p.name))]
-    return [p for _, p in sorted(found)]
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -770,18 +769,45 @@ def _tracker_config(model_args, data_args, args: AccelerateArguments, config: S2
 
 
 def _save_checkpoint(accelerator, args: AccelerateArguments, progress: TrainingProgress, model, tokenizer) -> Path:
-    path = Path(args.output_dir) / f"checkpoint-{progress.completed_steps}"
-    accelerator.save_state(str(path))  # model, optimizer, scheduler, RNG states, registered TrainingProgress
+    """Save a resumable `checkpoint-<step>` atomically: everything goes to `tmp-checkpoint-<step>` first (model,
+    optimizer, scheduler, RNG states, registered progress; then config, tokenizer and the progress file, last),
+    which is renamed once complete. A run stopped while saving leaves the previous checkpoints as they were."""
+    root = Path(args.output_dir)
+    path = root / f"checkpoint-{progress.completed_steps}"
+    staging = root / f"tmp-checkpoint-{progress.completed_steps}"
+    if accelerator.is_main_process and staging.exists():
+        shutil.rmtree(staging)  # left by a run stopped while saving this step
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(staging))  # model, optimizer, scheduler, RNG states, registered TrainingProgress
     if accelerator.is_main_process:
-        accelerator.unwrap_model(model).config.to_json_file(str(path / CHECKPOINT_CONFIG_NAME), use_diff=False)
-        tokenizer.save_pretrained(str(path))
-        (path / PROGRESS_FILE_NAME).write_text(json.dumps(progress.state_dict(), indent=2) + "\n", encoding="utf-8")
+        accelerator.unwrap_model(model).config.to_json_file(str(staging / CHECKPOINT_CONFIG_NAME), use_diff=False)
+        tokenizer.save_pretrained(str(staging))
+        (staging / PROGRESS_FILE_NAME).write_text(json.dumps(progress.state_dict(), indent=2) + "\n", encoding="utf-8")
+    accelerator.wait_for_everyone()  # every process has written its part into the staging directory
+    if accelerator.is_main_process:
+        if path.exists():
+            shutil.rmtree(path)  # an incomplete or older save of the same step
+        staging.rename(path)
         if args.checkpoints_total_limit:
-            for old in _checkpoint_dirs(args.output_dir)[: -args.checkpoints_total_limit]:
-                shutil.rmtree(old, ignore_errors=True)
+            _rotate_checkpoints(root, path, args.checkpoints_total_limit)
     accelerator.wait_for_everyone()
     logger.info("Saved checkpoint %s", path)
     return path
+
+
+def _rotate_checkpoints(root: Path, newest: Path, limit: int) -> None:
+    """Keep the newest `limit` complete checkpoints up to `newest`; remove older ones and incomplete ones older
+    than `newest` (never `newest` itself, and never a complete checkpoint for an incomplete one)."""
+    older = [p for p in checkpoint_dirs(root) if p != newest and _step(p) < _step(newest)]
+    complete = [p for p in older if not checkpoint_problems(p, ACCELERATE_CHECKPOINT_FILES)]
+    keep = set(complete[len(complete) - (limit - 1):]) if limit > 1 else set()
+    for old in older:
+        if old not in keep:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def _step(checkpoint: Path) -> int:
+    return int(checkpoint.name.rsplit("-", 1)[1])
 
 
 def run_accelerate_training(
@@ -824,8 +850,9 @@ def run_accelerate_training(
                             args.gradient_accumulation_steps)
     try:
         resume_checkpoint = check_output_dir(args.output_dir, args.resume_from_checkpoint,
-                                             data_args.overwrite_output_dir)
-    except ValueError as error:  # existing model/checkpoints, missing checkpoint: a launch problem
+                                             data_args.overwrite_output_dir,
+                                             checkpoint_files=ACCELERATE_CHECKPOINT_FILES)
+    except ValueError as error:  # an earlier run, a missing or incomplete checkpoint: a launch problem
         raise LaunchError(str(error)) from error
     accelerator.wait_for_everyone()  # every process checked output_dir before anything is written there
     logger.info("Accelerate: %s, %d process(es), device %s, mixed precision %s", accelerator.distributed_type,
@@ -835,6 +862,14 @@ def run_accelerate_training(
     # ---- data, tokenizer, model: the pipeline of scripts/train.py ------------------------------------------
     with accelerator.main_process_first():
         raw_datasets = load_raw_datasets(data_args)
+    try:
+        check_job_plan(raw_datasets.keys(), do_train=args.do_train, do_eval=args.do_eval, do_predict=args.do_predict,
+                       model_name_or_path=model_args.model_name_or_path)
+    except JobError as error:
+        raise LaunchError(str(error)) from error
+    if accelerator.is_main_process:
+        clear_earlier_run(args.output_dir, resume_checkpoint, data_args.overwrite_output_dir)
+    accelerator.wait_for_everyone()  # the earlier run is gone before anything of this one is written
     tokenizer = _load_or_train_tokenizer(accelerator, model_args, data_args, args, raw_datasets, resume_checkpoint)
     model = build_model(model_args, tokenizer)
     if resume_checkpoint:
@@ -845,12 +880,6 @@ def run_accelerate_training(
     metrics: dict[str, Any] = {"num_parameters": model.num_parameters()}
     eval_loader = _eval_dataloader(datasets["validation"], collator, args) if "validation" in datasets else None
     test_loader = _eval_dataloader(datasets["test"], collator, args) if "test" in datasets else None
-    if args.do_train and "train" not in datasets:
-        raise LaunchError("--do_train needs a train split (--train_file or the embedded data).")
-    if args.do_eval and eval_loader is None:
-        raise LaunchError("--do_eval needs a validation split (--validation_file); pass --do_eval false otherwise.")
-    if args.do_predict and test_loader is None:
-        raise LaunchError("--do_predict needs a test split (--test_file).")
 
     if args.do_train:
         train_loader = _train_dataloader(datasets["train"], collator, args, world, data_args.length_grouping)

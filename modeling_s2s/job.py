@@ -4,10 +4,14 @@
 explicit Accelerate loop) run the same job and differ only in how they train and checkpoint. This module holds
 the shared part, as small functions that take plain values:
 
-* arguments: :class:`ModelArguments`, :class:`DataArguments`, recipes (:func:`recipe_argv`), hub checks;
+* arguments: :class:`ModelArguments`, :class:`DataArguments`, recipes (:func:`recipe_argv`) and
+  :func:`parse_job_arguments` (no unknown or abbreviated names), hub checks, :func:`check_job_plan` (train or
+  evaluate a trained model; every requested evaluation has its split);
 * data → tokenizer → model: :func:`load_raw_datasets`, :func:`prepare_tokenizer`, :func:`tokenize_splits`,
   :func:`build_config`, :func:`build_model`, :func:`seq2seq_collator`;
-* the run: :func:`check_output_dir`, :class:`TimeBudget`, :func:`keep_freed_memory_for_reuse`;
+* the run: the output directory (:data:`OUTPUT_DIR_ENTRIES`, what a run writes there; :func:`check_output_dir`,
+  :func:`clear_earlier_run`, :func:`last_complete_checkpoint`), :class:`TimeBudget`,
+  :func:`keep_freed_memory_for_reuse`;
 * the end: :func:`final_evaluation` (prefixed metrics, `<split>_predictions.txt`) and
   :func:`finish_output_directory` (model + tokenizer + generation config + remote code, `all_results.json`,
   `README.md` model card, push to the Hub).
@@ -16,22 +20,25 @@ the shared part, as small functions that take plain values:
 from __future__ import annotations
 
 import ctypes
+import difflib
+import fnmatch
 import json
 import logging
 import os
+import re
+import shutil
 import sys
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 import yaml
-from transformers import AutoTokenizer, DataCollatorForSeq2Seq, PreTrainedTokenizerBase
-from transformers.trainer_utils import get_last_checkpoint
+from transformers import AutoTokenizer, DataCollatorForSeq2Seq, HfArgumentParser, PreTrainedTokenizerBase
 
 from .configuration_s2s import S2SConfig
 from .data import check_length_grouping
@@ -44,6 +51,36 @@ logger = logging.getLogger("modeling_s2s.job")
 EVALUATED_SPLITS = (("validation", "eval"), ("test", "test"))
 #: Name of the file with every measured metric, in output_dir.
 ALL_RESULTS_NAME = "all_results.json"
+#: Everything a run of either driver writes into output_dir, as `fnmatch` patterns of the names at its top level
+#: (a trailing "/": a directory). The one list of what the job owns there: an output_dir holding any of these
+#: holds an earlier run (refused unless resuming or overwriting, :func:`check_output_dir`), and
+#: `--overwrite_output_dir true` removes exactly these before the new run writes (:func:`clear_earlier_run`);
+#: every other file in output_dir is the user's and stays. The end-to-end tests of both drivers
+#: (`tests/test_train_script.py`, `tests/test_accelerate.py`) check that real runs write nothing else.
+OUTPUT_DIR_ENTRIES: tuple[str, ...] = (
+    # the model: weights, config (auto_map, custom_pipelines), generation config
+    "config.json", "generation_config.json", "model.safetensors", "model.safetensors.index.json",
+    "model-*-of-*.safetensors",
+    # its remote code: the package modules that `save_for_pipeline` copies
+    "configuration_s2s.py", "modeling_s2s.py", "pipeline_s2s.py", "fast_paths.py", "generation_s2s.py",
+    "input_checks.py", "resizing.py",
+    # the tokenizer
+    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
+    "chat_template.jinja", "target_tokenizer/",
+    # results: metrics, predictions, model card
+    ALL_RESULTS_NAME, "validation_predictions.txt", "test_predictions.txt", "README.md",
+    # training state and logs: checkpoints (complete or not, and the Accelerate loop's staging directories),
+    # the Trainer's state and arguments, the Accelerate loop's log, TensorBoard logs
+    "checkpoint-[0-9]*/", "tmp-checkpoint-[0-9]*/", "trainer_state.json", "training_args.bin", "log_history.jsonl",
+    "runs/",
+)
+#: Files besides the weights that make a `scripts/train.py` (Trainer) checkpoint complete: the Trainer writes
+#: `trainer_state.json` last.
+TRAINER_CHECKPOINT_FILES: tuple[str, ...] = ("trainer_state.json",)
+#: Weight files of a checkpoint (Trainer: `model.safetensors` or shards; Accelerate `save_state`: `model.safetensors`,
+#: `pytorch_model*.bin`, FSDP `pytorch_model_fsdp*`).
+_CHECKPOINT_WEIGHTS = ("model*.safetensors", "model.safetensors.index.json", "pytorch_model*")
+_CHECKPOINT_NAME = re.compile(r"^checkpoint-(\d+)$")
 
 # glibc mallopt() parameters (malloc.h)
 _M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
@@ -140,23 +177,134 @@ def mapping_to_argv(mapping: Mapping[str, Any]) -> list[str]:
     return argv
 
 
+class JobError(ValueError):
+    """A job refused before it writes anything: bad arguments, an output_dir holding another run, a missing split.
+    The message names the option, the value and what is allowed; the scripts print it as one line (exit code 2)."""
+
+
+class ArgumentError(JobError):
+    """An unknown or abbreviated option or recipe key; the message names it and the closest valid name."""
+
+
+def _did_you_mean(name: str, valid: Iterable[str]) -> str:
+    match = difflib.get_close_matches(name, list(valid), n=1, cutoff=0.5)
+    return f"; did you mean {match[0]!r}?" if match else "; see --help for the valid names."
+
+
+def check_recipe_keys(mapping: Mapping[str, Any], valid: Iterable[str], source: str = "the recipe") -> None:
+    """Refuse recipe keys that are not argument names, written out in full (`learning_rat` is not taken for
+    `learning_rate`): :class:`ArgumentError` naming the key and the closest valid name."""
+    valid = sorted(set(valid))
+    known = set(valid) | {name.replace("_", "-") for name in valid}
+    for key in mapping:
+        if key not in known:
+            raise ArgumentError(
+                f"{source}: unknown key {key!r}{_did_you_mean(str(key), valid)} Recipe keys are the scripts' "
+                "argument names, written out in full."
+            )
+
+
 def recipe_argv(
     argv: Sequence[str] | None = None,
     translate: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+    valid_keys: Iterable[str] | None = None,
 ) -> list[str]:
     """Expand `[recipe.yaml|recipe.json] [--key value ...]` into command-line words, the recipe's first so that
-    command-line values override them. `translate` maps the recipe's keys first (e.g. Trainer names)."""
+    command-line values override them. `translate` maps the recipe's keys first (e.g. Trainer names); with
+    `valid_keys`, any other key is refused (:func:`check_recipe_keys`)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0].endswith((".json", ".yaml", ".yml")) and not argv[0].startswith("--"):
         mapping = load_mapping(argv[0])
-        argv = mapping_to_argv(translate(mapping) if translate else mapping) + argv[1:]
+        if translate:
+            mapping = translate(mapping)
+        if valid_keys is not None:
+            check_recipe_keys(mapping, valid_keys, argv[0])
+        argv = mapping_to_argv(mapping) + argv[1:]
     return argv
+
+
+def parse_job_arguments(
+    dataclass_types: Sequence[type],
+    argv: Sequence[str] | None = None,
+    translate: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+) -> tuple[Any, ...]:
+    """Parse `[recipe.yaml|recipe.json] [--key value ...]` into `dataclass_types` (command-line values override
+    the recipe's) with `HfArgumentParser(allow_abbrev=False)`.
+
+    Every recipe key and every command-line option must be an argument name written out in full: argparse's
+    prefix matching would silently take `--learning_rat` (or a recipe's `learning_rat:`) for `--learning_rate`.
+    Anything else raises :class:`ArgumentError` naming it and the closest valid name.
+    """
+    parser = HfArgumentParser(list(dataclass_types), allow_abbrev=False)
+    names = [f.name for cls in dataclass_types for f in fields(cls) if f.init]
+    argv = recipe_argv(argv, translate, valid_keys=names)
+    options = sorted({s for action in parser._actions for s in action.option_strings if s.startswith("--")})
+    _, unknown = parser.parse_known_args(argv)
+    for word in unknown:
+        if word.startswith("-"):
+            option = word.split("=", 1)[0]
+            raise ArgumentError(
+                f"unknown option {option!r}{_did_you_mean(option, options)} Options are never abbreviated."
+            )
+    if unknown:
+        raise ArgumentError(
+            f"unexpected argument {unknown[0]!r}: only a recipe file (first) and --option value pairs are accepted."
+        )
+    return tuple(parser.parse_args_into_dataclasses(args=argv))
 
 
 def check_hub_arguments(push_to_hub: bool, hub_model_id: str | None) -> None:
     """Refuse `--push_to_hub` without a repository to push to."""
     if push_to_hub and not hub_model_id:
         raise ValueError("--push_to_hub needs --hub_model_id (e.g. your-name/rnn-attention-de-en).")
+
+
+#: Where each `--do_*` flag's split comes from, for the messages of :func:`check_job_plan`.
+_SPLIT_OPTIONS = (
+    ("do_train", "train", "--train_file"),
+    ("do_eval", "validation", "--validation_file"),
+    ("do_predict", "test", "--test_file"),
+)
+
+
+def check_job_plan(
+    splits: Iterable[str],
+    *,
+    do_train: bool,
+    do_eval: bool,
+    do_predict: bool,
+    model_name_or_path: str | None,
+    do_eval_note: str = "",
+) -> None:
+    """Refuse a job that would publish an untrained model or report evaluations it cannot run, before training.
+
+    Without `do_train` the job only evaluates (and re-saves) the trained model of `--model_name_or_path`: that
+    option is then required, and so is `do_eval` or `do_predict`. Each of `do_train`, `do_eval`, `do_predict`
+    needs its split (train, validation, test) among `splits`, the loaded data's splits. `do_eval_note` explains
+    where `do_eval` came from when the user may not have set it (e.g. the Trainer's `eval_strategy`).
+    """
+    splits = set(splits)
+    if not do_train:
+        if not model_name_or_path:
+            raise JobError(
+                "--do_train is false and there is no --model_name_or_path: the job would save and describe an "
+                "untrained model. Pass --do_train true to train, or --model_name_or_path <trained model directory "
+                "or Hub id> with --do_eval/--do_predict true to evaluate an existing model."
+            )
+        if not (do_eval or do_predict):
+            raise JobError(
+                "--do_train, --do_eval and --do_predict are all false: nothing to do. Pass --do_train true, or "
+                "--do_eval/--do_predict true to evaluate --model_name_or_path."
+            )
+    wanted = {"do_train": do_train, "do_eval": do_eval, "do_predict": do_predict}
+    for option, split, file_option in _SPLIT_OPTIONS:
+        if wanted[option] and split not in splits:
+            note = do_eval_note if option == "do_eval" else ""
+            raise JobError(
+                f"--{option} true{note} needs a {split} split, but the data has only "
+                f"{', '.join(sorted(splits)) or 'no splits'}. Pass {file_option} (or a --dataset_name with a {split} "
+                f"split), or --{option} false."
+            )
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -187,34 +335,146 @@ def keep_freed_memory_for_reuse() -> bool:
     return bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, 1 << 30))
 
 
-def check_output_dir(
-    output_dir: str | os.PathLike, resume_from_checkpoint: str | bool | None, overwrite_output_dir: bool
-) -> str | None:
-    """Return the checkpoint to resume from; refuse to overwrite a trained model unless asked.
+def _is_owned(entry: Path) -> bool:
+    for pattern in OUTPUT_DIR_ENTRIES:
+        is_dir = pattern.endswith("/")
+        if fnmatch.fnmatchcase(entry.name, pattern.rstrip("/")) and entry.is_dir() == is_dir:
+            return True
+    return False
 
-    `resume_from_checkpoint` is a checkpoint directory, or True/'true' for the newest `checkpoint-*` of
-    `output_dir`.
+
+def earlier_run_entries(output_dir: str | os.PathLike) -> list[str]:
+    """The names in `output_dir` that a run of the job writes (:data:`OUTPUT_DIR_ENTRIES`), sorted."""
+    output_dir = Path(output_dir)
+    if not output_dir.is_dir():
+        return []
+    return sorted(entry.name for entry in output_dir.iterdir() if _is_owned(entry))
+
+
+def checkpoint_dirs(output_dir: str | os.PathLike) -> list[Path]:
+    """The `checkpoint-<step>` directories of `output_dir`, oldest step first (complete or not)."""
+    root = Path(output_dir)
+    if not root.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in root.iterdir() if p.is_dir() and (m := _CHECKPOINT_NAME.match(p.name))]
+    return [p for _, p in sorted(found)]
+
+
+def checkpoint_problems(checkpoint: str | os.PathLike, required_files: Sequence[str]) -> list[str]:
+    """What `checkpoint` lacks to be resumed: non-empty weights and each of `required_files` (the files its
+    writer saves last). Empty when it is complete; a run killed while saving it leaves it incomplete."""
+    path = Path(checkpoint)
+    weights = [w for pattern in _CHECKPOINT_WEIGHTS for w in path.glob(pattern)]
+    problems = [] if any(w.is_dir() or w.stat().st_size > 0 for w in weights) else ["model weights"]
+    return problems + [name for name in required_files if not (path / name).is_file()]
+
+
+def last_complete_checkpoint(
+    output_dir: str | os.PathLike, required_files: Sequence[str] = TRAINER_CHECKPOINT_FILES
+) -> Path | None:
+    """The newest complete `checkpoint-<step>` of `output_dir` (:func:`checkpoint_problems`), or None. Newer
+    incomplete ones (a run stopped while saving them) are skipped with a warning naming them."""
+    for path in reversed(checkpoint_dirs(output_dir)):
+        problems = checkpoint_problems(path, required_files)
+        if not problems:
+            return path
+        logger.warning("Skipping the incomplete checkpoint %s (it has no %s; a run probably stopped while saving "
+                       "it).", path, " and no ".join(problems))
+    return None
+
+
+def _is_inside(path: Path, directory: Path) -> bool:
+    return directory.resolve() in path.resolve().parents
+
+
+def _resume_requested(value: str | bool | None) -> str | bool | None:
+    """`--resume_from_checkpoint` as True (newest in output_dir), a path, or None (false/none/empty: no resume)."""
+    if value is True or (isinstance(value, str) and value.strip().lower() == "true"):
+        return True
+    if value is False or value is None or (isinstance(value, str) and value.strip().lower() in ("", "false", "none")):
+        return None
+    return str(value)
+
+
+def check_output_dir(
+    output_dir: str | os.PathLike,
+    resume_from_checkpoint: str | bool | None,
+    overwrite_output_dir: bool,
+    *,
+    checkpoint_files: Sequence[str] = TRAINER_CHECKPOINT_FILES,
+) -> str | None:
+    """Return the checkpoint to resume from; refuse an output_dir that holds an earlier run unless asked.
+
+    `resume_from_checkpoint` is a checkpoint directory, or True/'true' for the newest *complete* `checkpoint-*` of
+    `output_dir` (weights and `checkpoint_files`, see :func:`last_complete_checkpoint`); an incomplete checkpoint
+    directory given by name is refused. Resuming into output_dir continues the run there (overwrite is ignored).
+    Otherwise an output_dir with any entry of :data:`OUTPUT_DIR_ENTRIES` holds an earlier run: refused unless
+    `overwrite_output_dir` (then :func:`clear_earlier_run` removes those entries before the new run writes).
+    Raises :class:`JobError`.
     """
     output_dir = Path(output_dir)
-    resume = resume_from_checkpoint
-    if resume in ("True", "true", True):
-        last = get_last_checkpoint(str(output_dir)) if output_dir.is_dir() else None
+    resume = _resume_requested(resume_from_checkpoint)
+    if resume is True:
+        last = last_complete_checkpoint(output_dir, checkpoint_files)
         if last is None:
-            raise ValueError(f"`resume_from_checkpoint`=True but {output_dir} holds no checkpoint-* directory.")
-        return last
-    if resume:
-        if not Path(resume).is_dir():
-            raise ValueError(f"`resume_from_checkpoint`={resume!r} is not a directory.")
-        return resume
-    trained = output_dir.is_dir() and (output_dir / "model.safetensors").exists()
-    has_checkpoints = output_dir.is_dir() and get_last_checkpoint(str(output_dir)) is not None
-    if (trained or has_checkpoints) and not overwrite_output_dir:
-        raise ValueError(
-            f"Output directory {output_dir} already holds a trained model or checkpoints. Pass "
-            "--resume_from_checkpoint true to continue it, --overwrite_output_dir true to replace it, or another "
-            "--output_dir."
+            found = [p.name for p in checkpoint_dirs(output_dir)]
+            detail = f" (only incomplete ones: {', '.join(found)})" if found else ""
+            raise JobError(
+                f"--resume_from_checkpoint true but {output_dir} holds no complete checkpoint-<step> directory"
+                f"{detail}. Pass a checkpoint directory, or start a new run without --resume_from_checkpoint."
+            )
+        if overwrite_output_dir:
+            logger.warning("--overwrite_output_dir is ignored: resuming the run in %s from %s.", output_dir, last)
+        return str(last)
+    if resume is not None:
+        path = Path(resume)
+        if not path.is_dir():
+            raise JobError(
+                f"--resume_from_checkpoint {resume!r} is not a directory; pass a checkpoint-<step> directory, or "
+                "true for the newest complete one in --output_dir."
+            )
+        problems = checkpoint_problems(path, checkpoint_files)
+        if problems:
+            raise JobError(
+                f"--resume_from_checkpoint {resume!r} is an incomplete checkpoint (it has no "
+                f"{' and no '.join(problems)}; a run probably stopped while saving it). Pass an earlier "
+                "checkpoint, or true for the newest complete one."
+            )
+        if _is_inside(path, output_dir):
+            return resume  # continues the run in output_dir
+    earlier = earlier_run_entries(output_dir)
+    if earlier and not overwrite_output_dir:
+        shown = ", ".join(earlier[:6]) + (f" and {len(earlier) - 6} more" if len(earlier) > 6 else "")
+        raise JobError(
+            f"--output_dir {output_dir} already holds an earlier run ({shown}). Pass --resume_from_checkpoint true "
+            "to continue it, --overwrite_output_dir true to replace it (only the files a run writes are removed), "
+            "or another --output_dir."
         )
-    return None
+    return resume
+
+
+def clear_earlier_run(
+    output_dir: str | os.PathLike, resume_checkpoint: str | None, overwrite_output_dir: bool
+) -> list[str]:
+    """With `overwrite_output_dir` and no resume inside `output_dir`: remove the earlier run's entries of
+    `output_dir` (:data:`OUTPUT_DIR_ENTRIES`: checkpoints, predictions, results, card, model, tokenizer, remote
+    code, logs, `runs/`) so that nothing of it is mixed with the new run; every other file stays. Returns the
+    removed names. Call it on the main process only, after :func:`check_output_dir` and before the run writes.
+    """
+    output_dir = Path(output_dir)
+    if not overwrite_output_dir or (resume_checkpoint and _is_inside(Path(resume_checkpoint), output_dir)):
+        return []
+    removed = earlier_run_entries(output_dir)
+    for name in removed:
+        path = output_dir / name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+    if removed:
+        logger.warning("--overwrite_output_dir: removed the earlier run's %s from %s (other files are kept).",
+                       ", ".join(removed), output_dir)
+    return removed
 
 
 class TimeBudget:

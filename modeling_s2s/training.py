@@ -13,38 +13,43 @@ import logging
 import os
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from torch.utils.data import SequentialSampler
 from transformers import (
     EarlyStoppingCallback,
-    HfArgumentParser,
     Seq2SeqTrainer,
     Seq2SeqTrainingArguments,
     TrainerCallback,
     set_seed,
 )
 from transformers.trainer_pt_utils import LengthGroupedSampler
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, has_length
 
 from .data import check_length_grouping, pair_length_keys
 from .job import (
+    TRAINER_CHECKPOINT_FILES,
     DataArguments,
     ModelArguments,
     TimeBudget,
     build_config,
     build_model,
     check_hub_arguments,
+    check_job_plan,
     check_output_dir,
+    clear_earlier_run,
     configure_logging,
     final_evaluation,
     final_generation_kwargs,
     finish_output_directory,
     keep_freed_memory_for_reuse,
     load_raw_datasets,
+    parse_job_arguments,
     prefixed,
     prepare_tokenizer,
-    recipe_argv,
     seq2seq_collator,
     tokenize_splits,
 )
@@ -84,14 +89,31 @@ class S2STrainer(Seq2SeqTrainer):
     `length_grouping="source"` (default): source length, then target length — transformers sorts by the length of
     `input_ids` only; the tie-break trims target padding (25-minute bf16 run: 9.3 epochs instead of 8.3).
     `length_grouping="target"`: target length, then source length, which cuts target padding on Multi30k from 30 %
-    to 3 %; its 25-minute bf16 runs scored lower, its fp32 run higher (benchmarks/RESULTS_quality.md). It used to
-    train 1.2–1.4× faster per step; since the fifth session (output layer over label spans only, oneDNN step
-    matmuls) both train at the same speed.
+    to 3 %; its 25-minute bf16 runs scored lower, its fp32 run higher (benchmarks/RESULTS_quality.md). Both
+    groupings train at about the same speed per step: with the default fast paths the output layer runs only
+    inside the label spans, so target padding costs little.
     """
 
     def __init__(self, *args, length_grouping: str = "source", **kwargs):
         self.length_grouping = check_length_grouping(length_grouping)
         super().__init__(*args, **kwargs)
+
+    def _save_checkpoint(self, model, trial):
+        # Saving into an existing checkpoint-<step> (a resumed run passing a step it saved before): remove its
+        # trainer_state.json (written last) first, so that a save interrupted halfway leaves that checkpoint
+        # incomplete (skipped by `--resume_from_checkpoint true`) instead of complete-looking with mixed files.
+        if self.args.should_save:
+            folder = Path(self._get_output_dir(trial=trial)) / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+            for name in TRAINER_CHECKPOINT_FILES:
+                (folder / name).unlink(missing_ok=True)
+        return super()._save_checkpoint(model, trial)
+
+    def _get_eval_sampler(self, eval_dataset):
+        # transformers 5 also sorts *evaluation* batches by length (random megabatches) under group_by_length, so
+        # `<split>_predictions.txt` would not follow the order of the evaluated file: evaluate in dataset order.
+        if eval_dataset is None or not has_length(eval_dataset):
+            return None
+        return SequentialSampler(eval_dataset) if self.args.world_size <= 1 else None
 
     def _get_train_sampler(self, train_dataset=None):
         dataset = self.train_dataset if train_dataset is None else train_dataset
@@ -107,9 +129,9 @@ class S2STrainer(Seq2SeqTrainer):
 def parse_arguments(
     argv: Sequence[str] | None = None,
 ) -> tuple[ModelArguments, DataArguments, Seq2SeqTrainingArguments]:
-    """Parse `[recipe.yaml|recipe.json] [--key value ...]`; command-line values override the recipe's."""
-    parser = HfArgumentParser((ModelArguments, DataArguments, Seq2SeqTrainingArguments))
-    return parser.parse_args_into_dataclasses(args=recipe_argv(argv))
+    """Parse `[recipe.yaml|recipe.json] [--key value ...]`; command-line values override the recipe's. Unknown or
+    abbreviated recipe keys and options raise `job.ArgumentError` (`job.parse_job_arguments`)."""
+    return parse_job_arguments((ModelArguments, DataArguments, Seq2SeqTrainingArguments), argv)
 
 
 def check_world_size(training_args: Seq2SeqTrainingArguments) -> None:
@@ -171,6 +193,15 @@ def run_training(
     started = time.time()
 
     raw_datasets = load_raw_datasets(data_args)
+    eval_strategy = getattr(training_args.eval_strategy, "value", training_args.eval_strategy)
+    eval_note = "" if eval_strategy == "no" else (
+        f" (implied by --eval_strategy {eval_strategy}; pass --eval_strategy no too to turn it off)")
+    check_job_plan(raw_datasets.keys(), do_train=training_args.do_train, do_eval=training_args.do_eval,
+                   do_predict=training_args.do_predict, model_name_or_path=model_args.model_name_or_path,
+                   do_eval_note=eval_note)
+    with training_args.main_process_first(local=False, desc="clearing the earlier run in output_dir"):
+        if training_args.process_index == 0:
+            clear_earlier_run(training_args.output_dir, resume_checkpoint, data_args.overwrite_output_dir)
     tokenizer = prepare_tokenizer(model_args, raw_datasets, data_args)
     model = build_model(model_args, tokenizer)
     datasets = tokenize_splits(raw_datasets, tokenizer, data_args,
@@ -179,8 +210,6 @@ def run_training(
 
     metrics: dict[str, Any] = {"num_parameters": model.num_parameters()}
     if training_args.do_train:
-        if "train" not in datasets:
-            raise ValueError("--do_train needs a train split.")
         train_result = trainer.train(resume_from_checkpoint=resume_checkpoint)
         metrics.update(prefixed(train_result.metrics, "train"))
         trainer.save_model()  # weights, config with auto_map, module files, generation config, tokenizer

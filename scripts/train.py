@@ -6,9 +6,14 @@
     python scripts/train.py --train_file data/train.jsonl --validation_file data/val.jsonl \
         --source_lang en --target_lang fr --output_dir outputs/en-fr --do_train --do_eval --predict_with_generate
 
-All arguments: `python scripts/train.py --help` (model, data and Seq2SeqTrainingArguments).
+All arguments: `python scripts/train.py --help` (model, data and Seq2SeqTrainingArguments). Options and recipe
+keys are never abbreviated. A job refused before training (unknown option, an --output_dir holding an earlier run,
+a missing split, nothing to train) prints one `train.py: error: ...` line and exits with status 2.
 """
 
+import sys
+
+from modeling_s2s.job import JobError
 from modeling_s2s.training import keep_freed_memory_for_reuse, parse_arguments, run_training
 
 
@@ -19,4 +24,8 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except JobError as error:  # refused before training: one clear line per process, no traceback
+        print(f"train.py: error: {error}", file=sys.stderr)
+        sys.exit(2)

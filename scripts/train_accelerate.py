@@ -15,11 +15,12 @@ All arguments: `python scripts/train_accelerate.py --help`.
 
 import sys
 
-from modeling_s2s.accelerate_loop import LaunchError, main
+from modeling_s2s.accelerate_loop import main
+from modeling_s2s.job import JobError
 
 if __name__ == "__main__":
     try:
         main()
-    except LaunchError as error:  # a bad launch: one clear line per process, no traceback
+    except JobError as error:  # a bad launch or job (LaunchError included): one clear line per process
         print(f"train_accelerate.py: error: {error}", file=sys.stderr)
         sys.exit(2)

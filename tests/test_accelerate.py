@@ -44,6 +44,7 @@ from modeling_s2s.accelerate_loop import (
     scaled_loss,
 )
 from modeling_s2s.data import DEFAULT_DATA_DIR, read_text_lines
+from modeling_s2s.job import earlier_run_entries
 
 REPO = Path(__file__).resolve().parent.parent
 TRAIN_ACCELERATE = REPO / "scripts" / "train_accelerate.py"
@@ -260,6 +261,8 @@ def test_two_processes_match_one_process(ws):
         assert a["epoch"] == pytest.approx(b["epoch"])
     assert logs_1[-1]["epoch"] == pytest.approx(1.2)  # 3 steps × 8 pairs = 24 of 20: into the second epoch
     assert list((double / "runs").rglob("events.out.tfevents.*"))  # --with_tracking: TensorBoard logs
+    for out in (single, double):  # everything a run writes is in job.OUTPUT_DIR_ENTRIES (what overwrite removes)
+        assert earlier_run_entries(out) == sorted(p.name for p in out.iterdir())
     start = weights(single / "checkpoint-2")
     assert max(float((weights(single)[k] - start[k]).abs().max()) for k in start) > 1e-3  # the last step moved
 
@@ -299,6 +302,100 @@ def test_stopped_run_resumes_to_the_uninterrupted_weights(ws):
     full, again = weights(uninterrupted), weights(resumed)
     assert all(torch.equal(full[k], again[k]) for k in full)
     assert log_history(resumed)[-1] == log_history(uninterrupted)[-1]
+
+
+def test_resume_true_skips_a_checkpoint_stopped_while_saving(ws):
+    """`--resume_from_checkpoint true` in a directory whose newest checkpoint was cut short (weights written, the
+    rest not): the complete one before it is used, with a warning naming the skipped one, and the result is the
+    uninterrupted run's; the re-saved checkpoint is complete and no staging directory is left."""
+    import shutil
+
+    uninterrupted = ws.train("dropout_full", 1, 4, 3, dropout=True)
+    stopped = stopped_run(ws)
+    out = ws.out("dropout_resume_true")
+    out.mkdir()
+    shutil.copytree(stopped / "checkpoint-2", out / "checkpoint-2")
+    (out / "checkpoint-3").mkdir()
+    shutil.copy(stopped / "checkpoint-2" / "model.safetensors", out / "checkpoint-3")
+    args = ws.train_args("dropout_resume_true", per_device=4, max_steps=3, dropout=True) + [
+        "--resume_from_checkpoint", "true", "--checkpointing_steps", "1"]
+    result = run(launch_command(TRAIN_ACCELERATE, args, 1), ws.root)
+    assert f"Skipping the incomplete checkpoint {out / 'checkpoint-3'}" in result.stderr
+    assert f"Resuming from {out / 'checkpoint-2'}" in result.stderr
+    full, again = weights(uninterrupted), weights(out)
+    assert all(torch.equal(full[k], again[k]) for k in full)
+    assert json.loads((out / "checkpoint-3" / "training_progress.json").read_text())["completed_steps"] == 3
+    assert not list(out.glob("tmp-checkpoint-*"))
+
+
+def test_interrupted_checkpoint_save_leaves_the_previous_checkpoint_usable(tmp_path):
+    """A checkpoint is written to tmp-checkpoint-<step> and renamed when complete: a save killed halfway leaves no
+    checkpoint-<step> that looks resumable, and the previous one stays (even with checkpoints_total_limit=1)."""
+    from modeling_s2s.accelerate_loop import ACCELERATE_CHECKPOINT_FILES, _save_checkpoint
+    from modeling_s2s.job import check_output_dir
+
+    class Accelerator:  # the parts of accelerate.Accelerator that _save_checkpoint uses, one process
+        is_main_process = True
+        fail = False
+
+        def wait_for_everyone(self):
+            pass
+
+        def unwrap_model(self, model):
+            return model
+
+        def save_state(self, directory):
+            Path(directory).mkdir(parents=True, exist_ok=True)
+            (Path(directory) / "model.safetensors").write_bytes(b"weights")
+            if self.fail:
+                raise KeyboardInterrupt("killed while saving")
+            (Path(directory) / "optimizer.bin").write_bytes(b"optimizer")
+
+    class Tokenizer:
+        def save_pretrained(self, directory):
+            (Path(directory) / "tokenizer.json").write_text("{}")
+
+    accelerator, model = Accelerator(), SimpleNamespace(config=S2SConfig(vocab_size=12, hidden_size=4,
+                                                                           embedding_size=4))
+    args = AccelerateArguments(output_dir=str(tmp_path), checkpoints_total_limit=1)
+    _save_checkpoint(accelerator, args, TrainingProgress(completed_steps=2), model, Tokenizer())
+    accelerator.fail = True
+    with pytest.raises(KeyboardInterrupt):
+        _save_checkpoint(accelerator, args, TrainingProgress(completed_steps=4), model, Tokenizer())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-2", "tmp-checkpoint-4"]
+    resume = check_output_dir(tmp_path, "true", False, checkpoint_files=ACCELERATE_CHECKPOINT_FILES)
+    assert resume == str(tmp_path / "checkpoint-2")
+    accelerator.fail = False  # the resumed run saves step 4 again: complete, renamed, the older one rotated out
+    _save_checkpoint(accelerator, args, TrainingProgress(completed_steps=4), model, Tokenizer())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-4"]
+    assert json.loads((tmp_path / "checkpoint-4" / "training_progress.json").read_text())["completed_steps"] == 4
+
+
+def test_overwrite_replaces_the_earlier_run_and_keeps_the_users_files(ws):
+    import shutil
+
+    out = ws.out("overwritten")
+    shutil.copytree(one_process(ws), out)  # an earlier run: checkpoints, predictions, log, card, model
+    assert {"checkpoint-2", "checkpoint-3", "validation_predictions.txt"} <= {p.name for p in out.iterdir()}
+    (out / "notes.md").write_text("my notes")
+    args = ws.train_args("overwritten", per_device=4, max_steps=1) + ["--overwrite_output_dir", "true"]
+    run(launch_command(TRAIN_ACCELERATE, args, 1), ws.root)
+    names = {p.name for p in out.iterdir()}
+    assert not names & {"checkpoint-2", "checkpoint-3", "validation_predictions.txt"}, names
+    assert (out / "notes.md").read_text() == "my notes" and "model.safetensors" in names
+    assert [e["step"] for e in log_history(out)] == [1]  # not appended to the earlier run's log
+    assert "eval_bleu" not in json.loads((out / "all_results.json").read_text())
+    # without overwrite, the new run is refused
+    result = run(launch_command(TRAIN_ACCELERATE, args[:-2], 1), ws.root, expect_success=False)
+    assert result.returncode == 2 and "already holds an earlier run" in result.stderr
+
+
+def test_a_job_that_trains_nothing_is_refused(ws):
+    args = ws.train_args("untrained", per_device=4, max_steps=1) + ["--do_train", "false", "--do_eval", "true"]
+    result = run(launch_command(TRAIN_ACCELERATE, args, 1), ws.root, expect_success=False)
+    assert result.returncode == 2
+    assert "train_accelerate.py: error: --do_train is false and there is no --model_name_or_path" in result.stderr
+    assert not ws.out("untrained").exists()
 
 
 def test_resume_with_another_model_config_fails_naming_the_keys(ws):
@@ -354,11 +451,26 @@ def test_output_directory_is_hub_ready(ws):
     assert {"train_loss", "train_runtime", "eval_bleu", "eval_chrf", "num_parameters"} <= set(metrics)
     metadata, body = parse_model_card(out / "README.md")
     assert "train_accelerate.py" in body and "num_processes" in body
-    model = AutoModelForSeq2SeqLM.from_pretrained(str(out))
+    model = AutoModelForSeq2SeqLM.from_pretrained(str(out)).eval()
     assert_weights_close({k: v for k, v in model.state_dict().items() if k in weights(out)}, weights(out), atol=0)
+    # What a user relies on: the saved model, reloaded with its saved generation settings, translates the validation
+    # sentences into exactly the lines of validation_predictions.txt, and all_results.json's BLEU/chrF are those
+    # of these lines against the references.
+    from modeling_s2s.evaluation import compute_translation_metrics
+
     tokenizer = AutoTokenizer.from_pretrained(str(out))
-    generated = model.generate(**tokenizer(["Ein Hund läuft."], return_tensors="pt"), max_length=8)
-    assert generated.shape[0] == 1
+    pairs = [json.loads(line)["translation"] for line in ws.eval_file.read_text("utf-8").splitlines()]
+    inputs = tokenizer([p["de"] for p in pairs], return_tensors="pt", padding=True)
+    with torch.no_grad():
+        generated = model.generate(**inputs, max_length=12)  # --generation_max_length 12; beams: saved config
+    predictions = [t.strip() for t in tokenizer.batch_decode(generated, skip_special_tokens=True)]
+    written = (out / "validation_predictions.txt").read_text("utf-8").splitlines()
+    assert predictions == written and len(written) == NUM_EVAL
+    references = [tokenizer.decode(tokenizer(text_target=p["en"])["input_ids"], skip_special_tokens=True).strip()
+                  for p in pairs]
+    recomputed = compute_translation_metrics(written, references)
+    assert metrics["eval_bleu"] == pytest.approx(recomputed["bleu"], abs=1e-4)
+    assert metrics["eval_chrf"] == pytest.approx(recomputed["chrf"], abs=1e-4)
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
+import re
 import threading
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
@@ -17,7 +18,7 @@ from huggingface_hub import HfApi, constants
 from huggingface_hub.errors import HfHubHTTPError
 from huggingface_hub.utils import DEFAULT_IGNORE_PATTERNS, filter_repo_objects
 
-from modeling_s2s import S2SConfig, S2SForConditionalGeneration
+from modeling_s2s import S2SConfig, S2SForConditionalGeneration, hub
 from modeling_s2s.hub import (
     DEFAULT_COMMIT_MESSAGE,
     HubUploadError,
@@ -215,10 +216,15 @@ def test_validation_reports_everything_missing(model_dir, tmp_path):
 
 
 def test_sharded_weights_accepted(model_dir):
+    from safetensors import safe_open
+
+    with safe_open(model_dir / "model.safetensors", "pt") as weights:
+        names = list(weights.keys())
     (model_dir / "model.safetensors").rename(model_dir / "model-00001-of-00001.safetensors")
-    index = {"metadata": {}, "weight_map": {"lm_head.weight": "model-00001-of-00001.safetensors"}}
+    index = {"metadata": {}, "weight_map": {name: "model-00001-of-00001.safetensors" for name in names}}
     (model_dir / "model.safetensors.index.json").write_text(json.dumps(index))
     assert "model-00001-of-00001.safetensors" in validate_model_dir(model_dir)
+    assert hub.check_model_dir_loads(model_dir)["parameters"] > 0  # the sharded weights really load
     (model_dir / "model-00001-of-00001.safetensors").unlink()
     with pytest.raises(ModelDirError, match="model-00001-of-00001"):
         validate_model_dir(model_dir)
@@ -311,6 +317,72 @@ def test_cli_dry_run_and_error(model_dir, capsys):
     assert "README.md" in capsys.readouterr().err
     del before["README.md"]
     assert snapshot(model_dir) == before
+
+
+def _garbage(name: str) -> bytes:
+    return hashlib.sha256(name.encode()).digest() * 4  # what the template writes for the files it does not load
+
+
+def _break_weights(model_dir: Path) -> None:
+    (model_dir / "model.safetensors").write_bytes(_garbage("model.safetensors"))
+
+
+def _weights_of_another_model(model_dir: Path) -> None:
+    config = json.loads((model_dir / "config.json").read_text())
+    config["hidden_size"] = 12  # the saved weights have hidden size 8
+    (model_dir / "config.json").write_text(json.dumps(config))
+
+
+def _break_remote_code(model_dir: Path) -> None:
+    path = model_dir / "modeling_s2s.py"
+    path.write_text(path.read_text().replace("class S2SForConditionalGeneration(", "class Renamed("))
+
+
+def _break_pipeline(model_dir: Path) -> None:
+    (model_dir / "pipeline_s2s.py").write_text("raise RuntimeError('broken pipeline module')\n")
+
+
+def _break_tokenizer(model_dir: Path) -> None:
+    (model_dir / "tokenizer.json").write_bytes(_garbage("tokenizer.json"))
+
+
+@pytest.mark.parametrize(
+    ("breakage", "named"),
+    [
+        (_break_weights, r"the weights \(AutoModelForSeq2SeqLM\) failed: SafetensorError"),
+        (_weights_of_another_model, r"the weights .*do not fit the model of config\.json.*mismatched_keys"),
+        (_break_remote_code, r"(the weights|config\.json).*S2SForConditionalGeneration"),
+        (_break_pipeline, r"the 'translation' pipeline .*broken pipeline module"),
+        (_break_tokenizer, r"the tokenizer"),
+    ],
+    ids=["garbage-weights", "weights-of-another-config", "remote-code", "pipeline-code", "garbage-tokenizer"],
+)
+def test_dry_run_refuses_a_directory_that_does_not_load(model_dir, capsys, breakage, named):
+    """Every file exists, so the file checks pass; only loading it as a Hub user would finds the damage."""
+    breakage(model_dir)
+    validate_model_dir(model_dir)  # complete on paper
+    before = snapshot(model_dir)
+    cli = load_cli()
+    assert cli.main(["--model_dir", str(model_dir), "--hub_model_id", REPO_ID, "--dry_run"]) == 1
+    error = capsys.readouterr().err
+    assert "does not load as a Hub user would load it" in error
+    assert re.search(named, error), error
+    api = FakeHfApi()
+    with pytest.raises(ModelDirError, match="does not load"):
+        push_model_dir(model_dir, REPO_ID, api=api)
+    assert api.calls == []  # nothing contacted, nothing uploaded
+    assert snapshot(model_dir) == before
+
+
+def test_dry_run_reports_what_it_loaded(model_dir, capsys):
+    cli = load_cli()
+    assert cli.main(["--model_dir", str(model_dir), "--hub_model_id", REPO_ID, "--dry_run"]) == 0
+    first = capsys.readouterr().out.splitlines()[0]
+    assert "loads with trust_remote_code=True (S2SForConditionalGeneration" in first
+    assert "pipelines: translation" in first
+    (model_dir / "README.md").write_bytes(b"---\nlanguage: [en\n---\n")  # broken YAML front matter
+    with pytest.raises(ModelDirError, match="readable model card README.md"):
+        validate_model_dir(model_dir)
 
 
 def test_cli_arguments(monkeypatch, model_dir, capsys):

@@ -209,3 +209,102 @@ def test_usage_follows_saved_pipeline(tmp_path):
     text = render(tmp_path)
     assert 'pipeline("summarization", model="someone/lstm-attention-en-de", trust_remote_code=True)' in text
     assert "s2s-text2text" not in text
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The usage snippets, run against a real saved model
+# --------------------------------------------------------------------------------------------------------------
+
+_BLOCK_PACKAGE = """
+import importlib.abc, sys
+
+class BlockPackage(importlib.abc.MetaPathFinder):  # a Hub user without the modeling_s2s package
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] == "modeling_s2s":
+            raise ImportError("modeling_s2s is not installed")
+
+sys.meta_path.insert(0, BlockPackage())
+sys.path = [p for p in sys.path if p not in ("", ".")]
+"""
+
+
+def _run_snippet(snippet: str, cwd, *, without_package: bool) -> list:
+    """Run a card snippet in a fresh process; return what each of its print() calls printed, as Python values."""
+    import ast
+    import os
+    import subprocess
+    import sys
+
+    code = (_BLOCK_PACKAGE if without_package else "") + snippet
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error"}
+    result = subprocess.run([sys.executable, "-c", code], cwd=cwd, env=env, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, f"the card's snippet failed:\n{snippet}\n{result.stderr[-3000:]}"
+    return [ast.literal_eval(line) for line in result.stdout.splitlines()]
+
+
+@pytest.fixture(scope="module")
+def saved_models(tmp_path_factory):
+    """Two real tiny model directories: one with the remote-code translation pipeline (save_for_pipeline), one with
+    the model and tokenizer only (save_pretrained), each with its card; and their in-process outputs."""
+    import torch
+    from conftest import build_digit_tokenizer
+    from transformers import pipeline
+
+    from modeling_s2s import S2SForConditionalGeneration
+    from modeling_s2s.model_card import EXAMPLE_SENTENCES
+    from modeling_s2s.pipeline_s2s import save_for_pipeline
+
+    root = tmp_path_factory.mktemp("card_models")
+    tokenizer = build_digit_tokenizer()
+    torch.manual_seed(0)
+    model = S2SForConditionalGeneration(S2SConfig(vocab_size=len(tokenizer), embedding_size=8, hidden_size=8,
+                                                  pad_token_id=0, bos_token_id=1, eos_token_id=2,
+                                                  decoder_start_token_id=1)).eval()
+    with_pipeline, plain = root / "with_pipeline", root / "plain"
+    save_for_pipeline(model, tokenizer, with_pipeline)
+    model.save_pretrained(plain)
+    tokenizer.save_pretrained(plain)
+    example = "12 3 45 6"  # digits: tokens the tokenizer knows
+    for directory in (with_pipeline, plain):
+        render_model_card(directory, config=model.config, source_lang="xx", target_lang="yy", dataset_name="d.jsonl",
+                          metrics=METRICS, num_parameters=model.num_parameters(), hub_model_id=None)
+        card = directory / "README.md"
+        # the card's example sentence for an unknown language is a placeholder; use one the tokenizer knows
+        card.write_text(card.read_text(encoding="utf-8").replace(EXAMPLE_SENTENCES.get("xx", "Your text here."),
+                                                                 example), encoding="utf-8")
+    generated = model.generate(**tokenizer([example], return_tensors="pt"), num_beams=5, max_new_tokens=64)
+    expected = {
+        "generate": tokenizer.batch_decode(generated, skip_special_tokens=True),
+        "pipeline": pipeline("s2s-text2text", model=str(plain))(example),
+        "pipeline_beams": pipeline("s2s-text2text", model=str(plain))([example], num_beams=5, batch_size=8),
+    }
+    assert expected["generate"][0]  # a non-empty translation: the comparisons below mean something
+    return with_pipeline, plain, expected
+
+
+def _snippets(directory) -> list[str]:
+    return re.findall(r"```python\n(.*?)```", (directory / "README.md").read_text(encoding="utf-8"), re.DOTALL)
+
+
+def test_card_snippets_run_against_the_saved_model_with_remote_pipeline(saved_models, tmp_path):
+    """Both snippets of a card for a directory that ships the remote-code pipeline: with the package (Auto
+    classes) and without it (trust_remote_code=True, the pipeline from pipeline_s2s.py); what they print is what
+    the model generates in this process."""
+    directory, _, expected = saved_models
+    with_package, without_package = _snippets(directory)
+    assert str(directory) in with_package and "trust_remote_code=True" in without_package
+    assert _run_snippet(with_package, tmp_path, without_package=False) == [expected["generate"]]
+    single, batch = _run_snippet(without_package, tmp_path, without_package=True)
+    assert single == [{"translation_text": expected["pipeline"][0]["generated_text"]}]
+    assert batch == [{"translation_text": expected["pipeline_beams"][0]["generated_text"]}]
+
+
+def test_card_snippet_runs_against_a_model_saved_without_pipeline(saved_models, tmp_path):
+    """Without a remote-code pipeline the card shows the package's "s2s-text2text" pipeline instead."""
+    _, directory, expected = saved_models
+    with_package, without_package = _snippets(directory)
+    assert 'pipeline("s2s-text2text"' in with_package and "pipeline(" not in without_package
+    assert _run_snippet(with_package, tmp_path, without_package=False) == [expected["generate"],
+                                                                            expected["pipeline"]]
+    assert _run_snippet(without_package, tmp_path, without_package=True) == []  # loads, prints nothing

@@ -12,6 +12,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
+from modeling_s2s.job import earlier_run_entries
 from modeling_s2s.model_card import parse_model_card
 from modeling_s2s.training import parse_arguments, run_training
 
@@ -70,6 +71,8 @@ def test_output_is_a_complete_hub_ready_directory(trained):
     assert "translation" in config["custom_pipelines"]
     assert json.loads((output_dir / "all_results.json").read_text()) == pytest.approx(metrics)
     assert len((output_dir / "test_predictions.txt").read_text().splitlines()) == 24
+    # everything the run wrote is in job.OUTPUT_DIR_ENTRIES (what --overwrite_output_dir removes)
+    assert earlier_run_entries(output_dir) == sorted(p.name for p in output_dir.iterdir())
 
 
 def test_model_card_parses_and_reports_the_measured_metrics(trained):
@@ -89,14 +92,31 @@ def test_model_card_parses_and_reports_the_measured_metrics(trained):
     assert "trust_remote_code=True" in markdown
 
 
-def test_saved_model_translates_through_auto_classes(trained):
-    output_dir, _ = trained
+def test_saved_model_reproduces_the_written_predictions_and_metrics(trained):
+    """What a user relies on: the saved model, reloaded through the Auto classes with its saved generation settings,
+    translates the test sentences into exactly the lines of test_predictions.txt, and all_results.json's test
+    BLEU/chrF are those of these lines against the references."""
+    from modeling_s2s.data import load_parallel_data
+    from modeling_s2s.evaluation import compute_translation_metrics
+
+    output_dir, metrics = trained
     tokenizer = AutoTokenizer.from_pretrained(output_dir)
     model = AutoModelForSeq2SeqLM.from_pretrained(output_dir).eval()
-    inputs = tokenizer(["Ein Hund rennt.", "Zwei Männer spielen Fußball im Park."], return_tensors="pt", padding=True)
-    generated = model.generate(**inputs, max_new_tokens=8)
-    assert generated.shape[0] == 2
-    assert model.generation_config.num_beams == 2  # the evaluation setting is saved with the model
+    assert model.generation_config.num_beams == 2  # --eval_num_beams is saved with the model
+    pairs = load_parallel_data("de", "en")["test"]["translation"][:24]  # --max_predict_samples 24
+    inputs = tokenizer([pair["de"] for pair in pairs], return_tensors="pt", padding=True)
+    generated = model.generate(**inputs, max_length=16)  # --generation_max_length 16; beams from the saved config
+    predictions = [text.strip() for text in tokenizer.batch_decode(generated, skip_special_tokens=True)]
+    written = (output_dir / "test_predictions.txt").read_text(encoding="utf-8").splitlines()
+    assert predictions == written
+    assert len(set(written)) > 1  # a model that says the same thing for everything would prove little
+    # the metrics score the references as the tokenizer round-trips them (what Seq2SeqTrainer decodes from labels)
+    references = [tokenizer.decode(tokenizer(text_target=pair["en"])["input_ids"], skip_special_tokens=True).strip()
+                  for pair in pairs]
+    recomputed = compute_translation_metrics(written, references)
+    saved = json.loads((output_dir / "all_results.json").read_text())
+    assert saved["test_bleu"] == pytest.approx(recomputed["bleu"], abs=1e-4) == metrics["test_bleu"]
+    assert saved["test_chrf"] == pytest.approx(recomputed["chrf"], abs=1e-4) == metrics["test_chrf"]
 
 
 def test_saved_model_loads_with_remote_code_in_a_clean_process(trained, tmp_path):
@@ -136,24 +156,60 @@ print(translator("Ein Hund rennt.", max_new_tokens=8, num_beams=2)[0]["translati
     assert lines[-1] == tokenizer.decode(expected[0], skip_special_tokens=True).strip()
 
 
-def test_resuming_from_a_checkpoint_gives_the_same_weights_as_an_uninterrupted_run(trained, tmp_path):
+def test_resuming_from_a_checkpoint_gives_the_same_weights_as_an_uninterrupted_run(trained, tmp_path, caplog):
     output_dir, _ = trained
     interrupted = tmp_path / "interrupted"
     interrupted.mkdir()
-    # the state a run killed after step 3 leaves behind: only its step-3 checkpoint
+    # the state a run killed while saving step 6 leaves behind: its complete step-3 checkpoint, and a checkpoint-6
+    # with the weights written but not yet the optimizer, scheduler, RNG states and trainer_state.json (saved last)
     shutil.copytree(output_dir / "checkpoint-3", interrupted / "checkpoint-3")
-    _train(_args(interrupted, "--resume_from_checkpoint", "true", "--do_eval", "false", "--do_predict", "false"))
+    (interrupted / "checkpoint-6").mkdir()
+    shutil.copy(output_dir / "checkpoint-6" / "model.safetensors", interrupted / "checkpoint-6")
+    with caplog.at_level("WARNING", logger="modeling_s2s.job"):
+        _train(_args(interrupted, "--resume_from_checkpoint", "true", "--do_eval", "false", "--do_predict", "false",
+                     "--eval_strategy", "no"))
+    assert f"Skipping the incomplete checkpoint {interrupted / 'checkpoint-6'}" in caplog.text
     uninterrupted = load_file(output_dir / "checkpoint-6" / "model.safetensors")
     resumed = load_file(interrupted / "checkpoint-6" / "model.safetensors")
     assert uninterrupted.keys() == resumed.keys()
     for name in uninterrupted:
         torch.testing.assert_close(resumed[name], uninterrupted[name], rtol=0, atol=1e-6, msg=name)
+    state = json.loads((interrupted / "checkpoint-6" / "trainer_state.json").read_text())
+    assert state["global_step"] == 6 and [e["step"] for e in state["log_history"] if "loss" in e] == [1, 2, 3, 4, 5, 6]
+
+
+def test_an_interrupted_save_over_an_existing_checkpoint_leaves_the_previous_one_usable(tmp_path):
+    """A resumed run re-saving a step it saved before: stopped halfway, the half-overwritten checkpoint must not look
+    complete (the Trainer writes trainer_state.json last; S2STrainer removes the old one first)."""
+    from transformers import Seq2SeqTrainingArguments
+
+    from modeling_s2s import S2SConfig, S2SForConditionalGeneration
+    from modeling_s2s.job import check_output_dir
+    from modeling_s2s.training import S2STrainer
+
+    for step in (3, 6):
+        checkpoint = tmp_path / f"checkpoint-{step}"
+        checkpoint.mkdir()
+        (checkpoint / "model.safetensors").write_bytes(b"weights")
+        (checkpoint / "trainer_state.json").write_text("{}")
+    args = Seq2SeqTrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to=[], save_strategy="steps")
+    model = S2SForConditionalGeneration(S2SConfig(vocab_size=12, embedding_size=4, hidden_size=4))
+    trainer = S2STrainer(model=model, args=args)
+    trainer.state.global_step = 6
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt("killed while saving")
+
+    trainer.save_model = killed
+    with pytest.raises(KeyboardInterrupt):
+        trainer._save_checkpoint(trainer.model, None)
+    assert check_output_dir(tmp_path, "true", False) == str(tmp_path / "checkpoint-3")
 
 
 def test_existing_trained_model_is_not_overwritten(trained):
     output_dir, _ = trained
     before = (output_dir / "model.safetensors").read_bytes()
-    with pytest.raises(ValueError, match="already holds a trained model"):
+    with pytest.raises(ValueError, match="already holds an earlier run"):
         _train(_args(output_dir))
     assert (output_dir / "model.safetensors").read_bytes() == before
 
@@ -165,6 +221,53 @@ def test_bad_data_fails_before_anything_is_written(tmp_path):
     with pytest.raises(ValueError, match=r"train\.jsonl.*line 2|line 2.*train\.jsonl"):
         _train(_args(output_dir, "--train_file", str(bad)))
     assert not output_dir.exists() or not any(output_dir.iterdir())
+
+
+def test_overwrite_replaces_the_earlier_run_and_keeps_the_users_files(trained, tmp_path):
+    """`--overwrite_output_dir true` over an earlier run: none of its checkpoints, predictions or logs stay beside
+    the new run (so `--resume_from_checkpoint true` cannot pick up the earlier run's checkpoint), and files the job
+    did not write stay."""
+    from modeling_s2s.job import check_output_dir
+
+    earlier, _ = trained
+    output_dir = tmp_path / "out"
+    shutil.copytree(earlier, output_dir)
+    (output_dir / "runs" / "Jan01_00-00-00").mkdir(parents=True)  # the earlier run's TensorBoard logs
+    (output_dir / "runs" / "Jan01_00-00-00" / "events.out.tfevents.1").write_bytes(b"old")
+    assert {"checkpoint-3", "checkpoint-6", "test_predictions.txt"} <= {p.name for p in output_dir.iterdir()}
+    (output_dir / "notes.md").write_text("my notes")
+    (output_dir / "data").mkdir()
+    (output_dir / "data" / "extra.jsonl").write_text("{}")
+    metrics = _train(_args(output_dir, "--overwrite_output_dir", "true", "--max_steps", "2", "--save_steps", "1",
+                           "--do_predict", "false", "--report_to", "none"))
+    names = {p.name for p in output_dir.iterdir()}
+    assert {"checkpoint-1", "checkpoint-2", "model.safetensors", "validation_predictions.txt", "notes.md",
+            "data"} <= names
+    assert not names & {"checkpoint-3", "checkpoint-6", "test_predictions.txt", "runs"}, names
+    assert (output_dir / "notes.md").read_text() == "my notes" and (output_dir / "data" / "extra.jsonl").is_file()
+    assert json.loads((output_dir / "trainer_state.json").read_text())["global_step"] == 2
+    assert not any(key.startswith("test_") for key in json.loads((output_dir / "all_results.json").read_text()))
+    assert "test_bleu" not in metrics
+    assert check_output_dir(output_dir, "true", False) == str(output_dir / "checkpoint-2")
+
+
+def test_a_job_without_training_or_a_split_it_evaluates_is_refused_before_writing(tmp_path):
+    output_dir = tmp_path / "out"
+    # no --do_train and nothing trained to evaluate: it would publish an untrained model with a model card
+    with pytest.raises(ValueError, match=r"--do_train is false and there is no --model_name_or_path"):
+        _train(_args(output_dir, "--do_train", "false"))
+    # --do_predict (the recipe's) with train and validation files only: the card would claim a test evaluation
+    pairs = [{"translation": {"de": f"Ein Hund {i}.", "en": f"A dog {i}."}} for i in range(8)]
+    for name in ("train", "validation"):
+        (tmp_path / f"{name}.jsonl").write_text("".join(json.dumps(p) + "\n" for p in pairs))
+    files = ["--train_file", str(tmp_path / "train.jsonl"), "--validation_file", str(tmp_path / "validation.jsonl")]
+    with pytest.raises(ValueError, match=r"--do_predict true needs a test split, but the data has only train, "
+                                         r"validation\. Pass --test_file"):
+        _train(_args(output_dir, *files))
+    with pytest.raises(ValueError, match=r"--do_eval true \(implied by --eval_strategy steps.*needs a validation"):
+        _train(_args(output_dir, "--train_file", str(tmp_path / "train.jsonl"), "--do_predict", "false",
+                     "--eval_strategy", "steps", "--eval_steps", "3", "--do_eval", "false"))
+    assert not output_dir.exists()
 
 
 @pytest.mark.parametrize("grouping", [None, "source", "target"])
