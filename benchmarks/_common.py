@@ -169,19 +169,11 @@ def preset_kwargs(preset: str) -> dict[str, Any]:
 
 def build_model(preset: str, tokenizer, seed: int = 0, **overrides):
     """A freshly initialised `S2SForConditionalGeneration` of a preset, sized and special ids from the tokenizer
-    (as `modeling_s2s.training.build_config` does)."""
+    (as `modeling_s2s.job.build_config` does)."""
     from modeling_s2s import S2SConfig, S2SForConditionalGeneration
+    from modeling_s2s.job import vocabulary_from_tokenizer
 
-    kwargs = preset_kwargs(preset)
-    kwargs.update(
-        vocab_size=len(tokenizer),
-        decoder_vocab_size=len(tokenizer),
-        pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        decoder_start_token_id=tokenizer.bos_token_id,
-    )
-    kwargs.update(overrides)
+    kwargs = {**preset_kwargs(preset), **vocabulary_from_tokenizer(tokenizer), **overrides}
     torch.manual_seed(seed)
     return S2SForConditionalGeneration(S2SConfig(**kwargs))
 

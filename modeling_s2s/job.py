@@ -612,7 +612,13 @@ def build_config(model_args: ModelArguments, tokenizer: PreTrainedTokenizerBase)
     unknown = set(kwargs) - set(S2SConfig().to_dict())
     if unknown:
         raise ValueError(f"Unknown S2SConfig keywords {sorted(unknown)} in model_config/config_overrides.")
-    kwargs.update(
+    kwargs.update(vocabulary_from_tokenizer(tokenizer))
+    return S2SConfig(**kwargs)
+
+
+def vocabulary_from_tokenizer(tokenizer: PreTrainedTokenizerBase) -> dict[str, int]:
+    """The S2SConfig fields a (joint) tokenizer decides: vocabulary sizes and special ids (decoder start = `<s>`)."""
+    return dict(
         vocab_size=len(tokenizer),
         decoder_vocab_size=len(tokenizer),
         pad_token_id=tokenizer.pad_token_id,
@@ -620,7 +626,6 @@ def build_config(model_args: ModelArguments, tokenizer: PreTrainedTokenizerBase)
         eos_token_id=tokenizer.eos_token_id,
         decoder_start_token_id=tokenizer.bos_token_id,
     )
-    return S2SConfig(**kwargs)
 
 
 def build_model(model_args: ModelArguments, tokenizer: PreTrainedTokenizerBase) -> S2SForConditionalGeneration:
