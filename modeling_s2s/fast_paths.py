@@ -10,9 +10,9 @@ the reference (tests/test_fast_paths.py), for any dtype, autocast state and devi
 - `decoder_step` (`FastStep`): the step driver's matmuls. Over several positions the embeddings' share of the first
   layer's gates is one matmul for all positions; an LSTM's input feed / context and hidden state share one matmul
   per step; in fp32 on x86 CPUs the per-step matmuls go through oneDNN with weights reordered once
-  (`PackedWeights`) on the CPUs where that was measured to pay (`REORDERED_MATMULS_PAY`: AMD), in training with
-  the weight gradients of all steps summed in one matmul (`_DeferredWeightGradient`); in decoding the reordered
-  weights are reused by later `generate()` calls while the parameters behind them are unchanged.
+  (`PackedWeights`), in training with the weight gradients of all steps summed in one matmul
+  (`_DeferredWeightGradient`); in decoding the reordered weights are reused by later `generate()` calls while the
+  parameters behind them are unchanged.
 - `output_logits`: the output layer through the same reordered weights while decoding.
 - `span_logits_and_loss`: in training, the output layer only up to each row's last label (padding predicts nothing).
 """
@@ -142,22 +142,6 @@ def _fingerprint(tensor: torch.Tensor) -> tuple | None:
     return tensor.data_ptr(), tensor._version, sample
 
 
-def _reordered_matmuls_pay() -> bool:
-    """Whether this CPU is one where oneDNN with reordered weights was measured faster than the default fp32 matmul
-    (MKL) at the decoder's step sizes: AMD CPUs (AVX2 and AVX-512: 1.07–1.6× in training and decoding), not
-    Intel ones, where MKL is as fast or faster (0.86–1.04×, `benchmarks/README.md`)."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
-            return any(line.startswith("vendor_id") and "AuthenticAMD" in line for line in cpuinfo)
-    except OSError:
-        return False
-
-
-#: Whether the decoder's step matmuls go through oneDNN with reordered weights where `onednn_available` (the
-#: measured choice for this CPU, `_reordered_matmuls_pay`; tests set it to exercise the path on any x86 CPU).
-REORDERED_MATMULS_PAY = _reordered_matmuls_pay()
-
-
 def onednn_available(weight: torch.Tensor) -> bool:
     """Whether matmuls with `weight` (a parameter of the model) can go through oneDNN with reordered weights: fp32
     on an x86 CPU with AVX2 or AVX-512, outside autocast and `torch.compile`."""
@@ -277,7 +261,7 @@ def _packed_weights(decoder: S2SDecoder, cache: S2SDecoderCache, positions: int)
     decoding the cache's (reused between generate() calls); with gradients on, new for each call (an optimizer step
     may change the weights before the next one), and only over several positions (reordering costs more than it
     saves on a single one)."""
-    if not (REORDERED_MATMULS_PAY and onednn_available(decoder.rnn.weight_ih_l0)):
+    if not onednn_available(decoder.rnn.weight_ih_l0):
         return None
     if torch.is_grad_enabled():
         return PackedWeights() if positions > 1 else None

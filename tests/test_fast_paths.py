@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import copy
 import io
-from pathlib import Path
 
 import pytest
 import torch
@@ -27,13 +26,6 @@ from modeling_s2s.fast_paths import PackedWeights
 from modeling_s2s.modeling_s2s import ReferenceStep, S2SDecoder
 
 SOURCE_LENGTHS = [7, 3, 5]
-
-
-@pytest.fixture(autouse=True)
-def reordered_matmuls_on_any_x86_cpu(monkeypatch):
-    """The oneDNN path runs by default only on the CPUs where it pays (AMD); here it runs wherever it can, so that
-    it is checked against the reference on every machine."""
-    monkeypatch.setattr(fast_paths, "REORDERED_MATMULS_PAY", True)
 ATOL = 1e-5
 NO_DROPOUT = dict(dropout=0.0, embedding_dropout=0.0, attention_dropout=0.0)
 
@@ -374,16 +366,3 @@ def test_cpu_encoder_cuts_a_batch_padded_past_its_longest_row():
         reference = encoder(input_ids=ids, attention_mask=mask)
     for name in ("last_hidden_state", "final_hidden", "final_cell"):
         torch.testing.assert_close(getattr(fast, name), getattr(reference, name), atol=ATOL, rtol=0)
-
-
-def test_reordered_matmuls_follow_the_measured_choice_for_the_cpu(monkeypatch):
-    model = make_model(**GRID[0])
-    ids, mask = random_ids(SOURCE_LENGTHS)
-    decoder = model.get_decoder()
-    cache = decoder.init_cache(model.get_encoder()(input_ids=ids, attention_mask=mask), mask)
-    monkeypatch.setattr(fast_paths, "REORDERED_MATMULS_PAY", False)
-    with torch.no_grad():
-        assert fast_paths._packed_weights(decoder, cache, 1) is None
-    cpuinfo = Path("/proc/cpuinfo")
-    amd = cpuinfo.exists() and "AuthenticAMD" in cpuinfo.read_text(encoding="utf-8")
-    assert fast_paths._reordered_matmuls_pay() == amd
