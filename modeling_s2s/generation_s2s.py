@@ -103,6 +103,17 @@ def can_decode(model, generation_config, kwargs: dict[str, Any]) -> bool:
     return _rows_are_independent(kwargs.get("logits_processor"), kwargs.get("stopping_criteria"))
 
 
+class FreshDecoderState:
+    """Passed to `generate()` as `cache` together with `decode`, which builds the decoder state with its first
+    forward: transformers then builds no key/value cache of its own (two `DynamicCache`s, a few ms per call) that
+    this recurrent model would never use."""
+
+
+def decoding_arguments() -> dict[str, Any]:
+    """The `generate()` keyword arguments that hand the loop to `decode`."""
+    return {"custom_generate": decode, "cache": FreshDecoderState()}
+
+
 def decode(model, input_ids, logits_processor, stopping_criteria, generation_config, **model_kwargs):
     """The `custom_generate` loop: greedy search (`num_beams == 1`) or beam search over the rows still searching.
     A processor or criterion that is not row-local (a new default of a later transformers) keeps every row."""
@@ -282,7 +293,8 @@ def _advance(beams: _Beams, log_probs: torch.Tensor, cur_len: int, s: _BeamSetti
     become finished hypotheses (scored with the length penalty) if among the best k, the others keep running.
     """
     count, k = beams.sentences.shape[0], s.num_beams
-    accumulated = (log_probs.reshape(count, k, -1) + beams.running_beam_scores[:, :, None]).reshape(count, -1)
+    # in place: the processed log-probabilities are this step's own tensor (the same values as transformers' sum)
+    accumulated = log_probs.reshape(count, k, -1).add_(beams.running_beam_scores[:, :, None]).reshape(count, -1)
     topk_log_probs, topk_indices = torch.topk(accumulated, k=s.beams_to_keep)
     vocab_size = accumulated.shape[-1] // k
     parent = topk_indices // vocab_size
@@ -401,5 +413,5 @@ def _beam_output(beams: _Beams, config, prompt_length: int, cache):
     return sequences
 
 
-__all__ = ["ROW_LOCAL_PROCESSORS", "ROW_LOCAL_STOPPING_CRITERIA", "beam_search", "can_decode", "decode",
-           "greedy_search"]
+__all__ = ["ROW_LOCAL_PROCESSORS", "ROW_LOCAL_STOPPING_CRITERIA", "FreshDecoderState", "beam_search", "can_decode",
+           "decode", "decoding_arguments", "greedy_search"]

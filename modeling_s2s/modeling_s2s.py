@@ -32,7 +32,7 @@ from transformers.utils.deprecation import deprecate_kwarg
 
 from .configuration_s2s import ATTENTION_TYPES, S2SConfig
 from .fast_paths import decoder_step, encoder_rnn, output_logits, span_logits_and_loss
-from .generation_s2s import can_decode, decode, max_new_tokens_replace_the_default_max_length
+from .generation_s2s import can_decode, decoding_arguments, max_new_tokens_replace_the_default_max_length
 from .input_checks import check_attention_mask, check_token_ids
 from .resizing import ResizableVocabularyMixin
 
@@ -998,7 +998,7 @@ class S2SForConditionalGeneration(ResizableVocabularyMixin, S2SPreTrainedModel, 
         `generation_s2s.decode` (transformers' supported `custom_generate` hook) when it returns the same
         sequences; every other option goes to transformers' loops unchanged."""
         if self.config.fast_paths and can_decode(self, generation_config, kwargs):
-            kwargs["custom_generate"] = decode
+            kwargs.update(decoding_arguments())
         with max_new_tokens_replace_the_default_max_length(self, generation_config, kwargs):
             return super().generate(inputs, generation_config, **kwargs)
 

@@ -569,3 +569,20 @@ def test_max_new_tokens_alone_gives_no_warning_about_max_length():
     assert out.shape[1] == 1 + 4 and capped.shape[1] <= 3
     assert not [r for r in records if "max_new_tokens" in r.getMessage()], [r.getMessage() for r in records]
     assert model.generation_config.max_length == 128
+
+
+@pytest.mark.parametrize("num_beams", [1, 3])
+def test_the_lean_loops_make_transformers_build_no_cache_of_its_own(monkeypatch, num_beams):
+    """transformers builds two `DynamicCache`s for a model's generate() call unless a cache is passed; this
+    recurrent model never uses them, and the lean loops pass a placeholder so that none is built."""
+    import transformers.generation.utils as generation_utils
+
+    model = make_model(**GRID[0])
+    ids, mask = random_ids([6, 3])
+    expected = _generate(model, ids, mask, num_beams=num_beams)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("generate() built a DynamicCache")
+
+    monkeypatch.setattr(generation_utils, "DynamicCache", refuse)
+    assert torch.equal(_generate(model, ids, mask, num_beams=num_beams), expected)
