@@ -606,7 +606,7 @@ def _pad_after_eos(ids: torch.Tensor, eos_token_id: int | list[int] | None, pad:
     """Replace every token after the first end-of-sequence token by `pad`.
 
     transformers 5.x beam search fills finished beams with EOS instead of a pad id of 0
-    (`pad_token_id or eos_token_id` in `_beam_search`), so without this `gen_len` would count the fill, which
+    (`pad_token_id or eos_token_id` in transformers' beam search), so without this `gen_len` would count the fill, which
     depends on the other sequences of the batch (and so on the number of processes).
     """
     if eos_token_id is None:
