@@ -75,7 +75,7 @@ from torch import nn
 
 OFF = f"generate() fp32, {FAST_PATHS_OFF}"
 
-# Anchors measured by the project owner on this machine type (2 threads, base shape, batch 64, output tokens/s).
+# Published anchor figures on a 2-core CPU (2 threads, base shape, batch 64, output tokens/s); not measured here.
 ANCHORS = {"OpenNMT-py 3.5.1": {1: 7200.0, 5: 2100.0}, "JoeyNMT 2.3.0": {1: 2650.0, 5: 650.0}}
 
 
@@ -332,7 +332,7 @@ def main() -> None:
             anchor_rows.append([f"generate() fp32, beams {beams}", round(rate),
                                 *(rate / a[beams] for a in ANCHORS.values())])
     if anchor_rows:
-        print(f"\n## Batch {args.batch_size} vs the anchors (measured by the project owner, not in this run)\n")
+        print(f"\n## Batch {args.batch_size} vs the published anchors (not measured in this run)\n")
         print(format_table(["decoder", "tok/s", *(f"× {name}" for name in ANCHORS)], anchor_rows))
 
     speedups = []

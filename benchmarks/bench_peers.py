@@ -1,8 +1,8 @@
 """OpenNMT-py side by side with our model on this machine: training tokens/s, then greedy and beam-5 decoding.
 
-The owner's anchors for OpenNMT-py 3.5.1 (2,800 training target tokens/s; 7,200 / 2,100 output tokens/s greedy /
-beam 5 at batch 64) were measured on "this machine type"; this script measures OpenNMT-py itself here, in the
-same run as our model, so the ratios do not depend on how close this machine is to the owner's.
+The published anchors for OpenNMT-py 3.5.1 (2,800 training target tokens/s; 7,200 / 2,100 output tokens/s greedy /
+beam 5 at batch 64, 2-core CPU) come from another machine; this script measures OpenNMT-py itself here, in the
+same run as our model, so the ratios do not depend on how close this machine is to that one.
 
 Both toolkits get the same data and the same shape:
 - the same tokens: Multi30k de→en tokenised with the benchmarks' joint 8k BPE tokenizer; OpenNMT-py reads the

@@ -71,7 +71,7 @@ from modeling_s2s.training import keep_freed_memory_for_reuse
 OFF = f"s2s {FAST_PATHS_OFF}"  # the S2S model with config.fast_paths = False
 NAIVE = "naive"  # benchmarks/reference_model.py
 
-# Anchors measured by the project owner on this machine type (2 CPU threads, base shape, batch 64).
+# Published anchor figures for this shape on a 2-core CPU (2 threads, base shape, batch 64); not measured by this script.
 ANCHORS = {"OpenNMT-py 3.5.1": 2800.0, "JoeyNMT 2.3.0": 1150.0}
 
 
@@ -255,7 +255,7 @@ def main() -> None:
         rows,
     ))
     if "base" in results or "base_fused" in results:
-        print("\n## Base shape vs the anchors (measured by the project owner, not in this run)\n")
+        print("\n## Base shape vs the published anchors (not measured in this run)\n")
         anchor_rows = []
         for preset in ("base", "base_fused"):
             for name, rate in results.get(preset, {}).items():
