@@ -19,6 +19,7 @@ the reference (tests/test_fast_paths.py), for any dtype, autocast state and devi
 
 from __future__ import annotations
 
+import functools
 import weakref
 from typing import TYPE_CHECKING
 
@@ -142,6 +143,16 @@ def _fingerprint(tensor: torch.Tensor) -> tuple | None:
     return tensor.data_ptr(), tensor._version, sample
 
 
+@functools.cache
+def _cpu_has_onednn_matmuls() -> bool:
+    """An x86 CPU with AVX2 or AVX-512 and a PyTorch build with oneDNN's linear ops (fixed for the process)."""
+    return (
+        torch.backends.mkldnn.is_available()
+        and torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512")
+        and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+    )
+
+
 def onednn_available(weight: torch.Tensor) -> bool:
     """Whether matmuls with `weight` (a parameter of the model) can go through oneDNN with reordered weights: fp32
     on an x86 CPU with AVX2 or AVX-512, outside autocast and `torch.compile`."""
@@ -150,9 +161,7 @@ def onednn_available(weight: torch.Tensor) -> bool:
         and weight.dtype == torch.float32
         and _autocast_dtype("cpu") is None
         and not torch.compiler.is_compiling()
-        and torch.backends.mkldnn.is_available()
-        and torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512")
-        and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+        and _cpu_has_onednn_matmuls()
     )
 
 

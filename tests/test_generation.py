@@ -586,3 +586,26 @@ def test_the_lean_loops_make_transformers_build_no_cache_of_its_own(monkeypatch,
 
     monkeypatch.setattr(generation_utils, "DynamicCache", refuse)
     assert torch.equal(_generate(model, ids, mask, num_beams=num_beams), expected)
+
+
+@pytest.mark.parametrize("num_beams", [1, 3])
+def test_the_lean_loops_keep_every_row_when_a_processor_is_not_row_local(monkeypatch, num_beams):
+    """Should a processor that reads batch positions reach the lean loops (`can_decode` lets it through here, as a
+    later transformers' default processor might), they keep every row and still return transformers' result."""
+    model = make_model(**GRID[7])
+    ids, mask = random_ids([6, 3, 5, 4, 2])
+    processors = LogitsProcessorList([_StaggeredEos(num_beams)])
+    searches = []
+    for name in ("greedy_search", "beam_search"):
+        original = getattr(generation_s2s, name)
+        monkeypatch.setattr(generation_s2s, name, lambda *a, _f=original, **k: searches.append(a[-1]) or _f(*a, **k))
+    monkeypatch.setattr(modeling_s2s.modeling_s2s, "can_decode", lambda *args: True)
+    kwargs = dict(logits_processor=processors, max_new_tokens=9, num_beams=num_beams, return_dict_in_generate=True)
+    torch.manual_seed(3)
+    ours = _generate(model, ids, mask, **kwargs)
+    assert searches == [False]  # drop_finished=False: every row kept
+    monkeypatch.setattr(modeling_s2s.modeling_s2s, "can_decode", lambda *args: False)
+    theirs = _generate(model, ids, mask, **kwargs)
+    assert torch.equal(ours.sequences, theirs.sequences)
+    if num_beams > 1:
+        assert torch.equal(ours.beam_indices, theirs.beam_indices)
