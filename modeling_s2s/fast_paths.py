@@ -9,10 +9,10 @@ the reference (tests/test_fast_paths.py), for any dtype, autocast state and devi
   oneDNN's fused RNN kernel (forward and backward).
 - `decoder_step` (`FastStep`): the step driver's matmuls. Over several positions the embeddings' share of the first
   layer's gates is one matmul for all positions; an LSTM's input feed / context and hidden state share one matmul
-  per step; in fp32 on x86 CPUs the per-step matmuls go through oneDNN with weights reordered once
-  (`PackedWeights`), in training with the weight gradients of all steps summed in one matmul
-  (`_DeferredWeightGradient`); in decoding the reordered weights are reused by later `generate()` calls while the
-  parameters behind them are unchanged.
+  per step; on x86 CPUs the per-step matmuls go through oneDNN with weights reordered once (`PackedWeights`): in
+  fp32, and in bf16 (bf16 weights, or bf16 autocast) on CPUs with native bf16 (AVX512-BF16 / AMX); in training
+  with the weight gradients of all steps summed in one matmul (`_DeferredWeightGradient`); in decoding the
+  reordered weights are reused by later `generate()` calls while the parameters behind them are unchanged.
 - `output_logits`: the output layer through the same reordered weights while decoding.
 - `span_logits_and_loss`: in training, the output layer only up to each row's last label (padding predicts nothing).
 """
@@ -82,30 +82,35 @@ def _onednn_linear(x: torch.Tensor, packed_weight: torch.Tensor, bias, activatio
 
 
 class _PackedLinearFunction(torch.autograd.Function):
-    """y = x Wᵀ + b through oneDNN with reordered weights: W for the forward, Wᵀ for the input's gradient.
+    """y = x Wᵀ + b through oneDNN with reordered weights: W for the forward, Wᵀ for the input's gradient, both in
+    `packed.dtype` (x and b are cast to it, as autocast casts them; the input's gradient comes back in x's dtype).
 
     With `pairs` (a list shared by every step of one forward), the backward leaves (output gradient, input) in it
     instead of returning gradients for W and b; `_DeferredWeightGradient` turns all pairs into them at once."""
 
     @staticmethod
     def forward(ctx, x, weight, bias, packed: PackedWeights, name: str, pairs: list | None):
-        ctx.save_for_backward(x, weight)
-        ctx.packed, ctx.name, ctx.has_bias, ctx.pairs = packed, name, bias is not None, pairs
-        return _onednn_linear(x, packed.reordered(name, weight), bias)
+        compute_x = x.to(packed.dtype)
+        ctx.save_for_backward(compute_x, weight)
+        ctx.packed, ctx.name, ctx.pairs, ctx.input_dtype = packed, name, pairs, x.dtype
+        ctx.bias_dtype = bias.dtype if bias is not None else None
+        compute_bias = bias.to(packed.dtype) if bias is not None else None
+        return _onednn_linear(compute_x, packed.reordered(name, weight), compute_bias)
 
     @staticmethod
     def backward(ctx, grad):
         x, weight = ctx.saved_tensors
         grad_x = grad_weight = grad_bias = None
         if ctx.needs_input_grad[0]:
-            grad_x = _onednn_linear(grad, ctx.packed.reordered(f"{ctx.name}.T", weight.t()), None)
+            transposed = ctx.packed.reordered(f"{ctx.name}.T", weight.t())
+            grad_x = _onednn_linear(grad, transposed, None).to(ctx.input_dtype)
         if ctx.pairs is not None:
             ctx.pairs.append((grad.reshape(-1, grad.shape[-1]), x.reshape(-1, x.shape[-1])))
             return grad_x, None, None, None, None, None
         if ctx.needs_input_grad[1]:
-            grad_weight = grad.reshape(-1, grad.shape[-1]).t() @ x.reshape(-1, x.shape[-1])
-        if ctx.has_bias and ctx.needs_input_grad[2]:
-            grad_bias = grad.reshape(-1, grad.shape[-1]).sum(0)
+            grad_weight = (grad.reshape(-1, grad.shape[-1]).t() @ x.reshape(-1, x.shape[-1])).to(weight.dtype)
+        if ctx.bias_dtype is not None and ctx.needs_input_grad[2]:
+            grad_bias = grad.reshape(-1, grad.shape[-1]).sum(0, dtype=torch.float32).to(ctx.bias_dtype)
         return grad_x, grad_weight, grad_bias, None, None, None
 
 
@@ -119,7 +124,8 @@ class _DeferredWeightGradient(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, weight, bias, pairs: list):
-        ctx.pairs, ctx.has_bias = pairs, bias is not None
+        ctx.pairs, ctx.weight_dtype = pairs, weight.dtype
+        ctx.bias_dtype = bias.dtype if bias is not None else None
         return (weight.view_as(weight), bias.view_as(bias)) if bias is not None else weight.view_as(weight)
 
     @staticmethod
@@ -129,7 +135,9 @@ class _DeferredWeightGradient(torch.autograd.Function):
         grads = torch.cat([grad for grad, _ in ctx.pairs])
         inputs = torch.cat([x for _, x in ctx.pairs])
         ctx.pairs.clear()
-        return grads.t() @ inputs, grads.sum(0) if ctx.has_bias else None, None
+        grad_weight = (grads.t() @ inputs).to(ctx.weight_dtype)
+        grad_bias = grads.sum(0, dtype=torch.float32).to(ctx.bias_dtype) if ctx.bias_dtype is not None else None
+        return grad_weight, grad_bias, None
 
 
 def _fingerprint(tensor: torch.Tensor) -> tuple | None:
@@ -153,16 +161,26 @@ def _cpu_has_onednn_matmuls() -> bool:
     )
 
 
-def onednn_available(weight: torch.Tensor) -> bool:
-    """Whether matmuls with `weight` (a parameter of the model) can go through oneDNN with reordered weights: fp32
-    on an x86 CPU with AVX2 or AVX-512, outside autocast and `torch.compile`."""
-    return (
-        weight.device.type == "cpu"
-        and weight.dtype == torch.float32
-        and _autocast_dtype("cpu") is None
-        and not torch.compiler.is_compiling()
-        and _cpu_has_onednn_matmuls()
-    )
+@functools.cache
+def _cpu_has_native_bf16() -> bool:
+    """AVX512-BF16 or AMX: bf16 matmuls in hardware (elsewhere oneDNN would emulate them, slower than fp32)."""
+    has = getattr(torch.cpu, "_is_avx512_bf16_supported", None)
+    return _cpu_has_onednn_matmuls() and callable(has) and bool(has())
+
+
+def onednn_dtype(weight: torch.Tensor) -> torch.dtype | None:
+    """The dtype in which matmuls with `weight` (a parameter of the model) go through oneDNN with reordered
+    weights, or None for plain matmuls: fp32 for fp32 weights outside autocast on an x86 CPU with AVX2 or AVX-512;
+    bf16 for bf16 weights, or fp32 weights under bf16 autocast, on a CPU with native bf16. Never under
+    `torch.compile`."""
+    if weight.device.type != "cpu" or torch.compiler.is_compiling() or not _cpu_has_onednn_matmuls():
+        return None
+    autocast = _autocast_dtype("cpu")
+    if weight.dtype == torch.float32 and autocast is None:
+        return torch.float32
+    if torch.bfloat16 in (weight.dtype, autocast) and weight.dtype in (torch.float32, torch.bfloat16):
+        return torch.bfloat16 if _cpu_has_native_bf16() and autocast in (None, torch.bfloat16) else None
+    return None
 
 
 class PackedWeights:
@@ -174,7 +192,8 @@ class PackedWeights:
     one `generate()` call to the next. Copies and pickles start empty.
     """
 
-    def __init__(self):
+    def __init__(self, dtype: torch.dtype = torch.float32):
+        self.dtype = dtype  # of the reordered weights, the inputs and the outputs
         self._reordered: dict[str, torch.Tensor] = {}
         self._weights: dict[str, tuple[torch.Tensor, torch.Tensor | None]] = {}
         self._pairs: dict[str, list] = {}  # per weight in training: the steps' (output gradient, input) pairs
@@ -190,7 +209,8 @@ class PackedWeights:
 
     def reordered(self, name: str, weight: torch.Tensor) -> torch.Tensor:
         if name not in self._reordered:
-            self._reordered[name] = torch.ops.mkldnn._reorder_linear_weight(weight.detach().contiguous(), None)
+            weight = weight.detach().to(self.dtype).contiguous()
+            self._reordered[name] = torch.ops.mkldnn._reorder_linear_weight(weight, None)
         return self._reordered[name]
 
     def linear(
@@ -214,7 +234,8 @@ class PackedWeights:
             x.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad)
         )
         if not needs_grad:
-            return _onednn_linear(x, self.reordered(name, weight), bias, activation)
+            bias = bias.to(self.dtype) if bias is not None else None
+            return _onednn_linear(x.to(self.dtype), self.reordered(name, weight), bias, activation)
         output = _PackedLinearFunction.apply(x, weight, bias, self, name, self._pairs.get(name))
         return torch.tanh(output) if activation == "tanh" else output
 
@@ -234,13 +255,13 @@ class PackedWeights:
         return self.linear(name, x, (module.weight, module.bias), activation=activation)
 
     def __deepcopy__(self, memo) -> PackedWeights:
-        return PackedWeights()  # reordered oneDNN tensors cannot be copied; they are rebuilt on demand
+        return PackedWeights(self.dtype)  # reordered oneDNN tensors cannot be copied; they are rebuilt on demand
 
     def __getstate__(self) -> dict:
-        return {}  # nor pickled (torch.save of a whole model): the unpickled object starts empty
+        return {"dtype": self.dtype}  # nor pickled (torch.save of a whole model): the unpickled object starts empty
 
     def __setstate__(self, state: dict) -> None:
-        self.__init__()
+        self.__init__(state.get("dtype", torch.float32))
 
 
 # Decoding: the reordered weights of one cache (one generate() call), and of the decoder's last call, reused while
@@ -249,12 +270,12 @@ _weights_of_cache: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _weights_of_decoder: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def _decoding_weights(decoder: S2SDecoder, cache: S2SDecoderCache) -> PackedWeights:
+def _decoding_weights(decoder: S2SDecoder, cache: S2SDecoderCache, dtype: torch.dtype) -> PackedWeights:
     packed = _weights_of_cache.get(cache)
-    if packed is None:
+    if packed is None or packed.dtype != dtype:
         packed = _weights_of_decoder.get(decoder)
-        if packed is None or not packed.is_current():
-            packed = _weights_of_decoder[decoder] = PackedWeights()
+        if packed is None or packed.dtype != dtype or not packed.is_current():
+            packed = _weights_of_decoder[decoder] = PackedWeights(dtype)
         _weights_of_cache[cache] = packed
     return packed
 
@@ -270,11 +291,12 @@ def _packed_weights(decoder: S2SDecoder, cache: S2SDecoderCache, positions: int)
     decoding the cache's (reused between generate() calls); with gradients on, new for each call (an optimizer step
     may change the weights before the next one), and only over several positions (reordering costs more than it
     saves on a single one)."""
-    if not onednn_available(decoder.rnn.weight_ih_l0):
+    dtype = onednn_dtype(decoder.rnn.weight_ih_l0)
+    if dtype is None:
         return None
     if torch.is_grad_enabled():
-        return PackedWeights() if positions > 1 else None
-    return _decoding_weights(decoder, cache)
+        return PackedWeights(dtype) if positions > 1 else None
+    return _decoding_weights(decoder, cache, dtype)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -306,9 +328,10 @@ class FastStep:
             # unbind once: indexing [:, t] per step makes autograd zero-fill a (B, T, G) gradient for every step
             self.embedding_gates = F.linear(embeddings, w_ih0[:, :size], b_ih0).unbind(1)  # T x (B, G)
             self.extra_weight = w_ih0[:, size:]  # input feed and/or Bahdanau context columns
-            # LSTM: the input feed / context and the hidden state share one matmul per step. Not under autocast: it
-            # caches its casts of parameters only, so it would cast the merged weight at every step.
-            if self.is_lstm and _autocast_dtype(w_ih0.device.type) is None:
+            # LSTM: the input feed / context and the hidden state share one matmul per step. Not under autocast
+            # without packed weights: autocast caches its casts of parameters only, so it would cast the merged
+            # weight at every step (packed weights are cast once, when reordered).
+            if self.is_lstm and (packed is not None or _autocast_dtype(w_ih0.device.type) is None):
                 self.recurrent_weight = torch.cat([self.extra_weight, w_hh0], dim=1)
 
     def rnn(self, t: int, extra_inputs: list[torch.Tensor], hidden: list, cell: list) -> tuple[list, list]:
@@ -383,7 +406,7 @@ def output_logits(model: S2SForConditionalGeneration, hidden: torch.Tensor, cach
         return None
     packed = _weights_of_cache.get(cache)
     plain_head = type(model.lm_head) is nn.Linear and type(model.output_projection) in (nn.Linear, nn.Identity)
-    if packed is None or not plain_head or not onednn_available(model.lm_head.weight):
+    if packed is None or not plain_head or onednn_dtype(model.lm_head.weight) != packed.dtype:
         return None
     projected = packed.module("output_projection", hidden, model.output_projection)
     return packed.module("lm_head", projected, model.lm_head)
@@ -392,13 +415,34 @@ def output_logits(model: S2SForConditionalGeneration, hidden: torch.Tensor, cach
 def span_logits_and_loss(model: S2SForConditionalGeneration, hidden: torch.Tensor, labels: torch.Tensor,
                          num_items_in_batch) -> tuple[torch.Tensor, torch.Tensor] | None:
     """Training: logits (B, T, V) and loss with the output layer run only up to each row's last label that is not
-    -100 (the positions after it predict nothing; their logits stay 0), or None when every row ends with a label."""
+    -100 (the positions after it predict nothing; their logits stay 0), or None when every row ends with a label.
+
+    In bf16 on CPU the rows go through the output layer padded to a multiple of `BF16_ROW_BUCKET` (padding rows
+    are ignored by the loss): oneDNN compiles a bf16 matmul kernel for every new shape (tens of ms each), and the
+    number of label positions changes with every batch."""
     positions = torch.arange(1, labels.shape[1] + 1, device=labels.device)
     lengths = (labels.ne(-100) * positions).amax(dim=1)
     if bool((lengths == labels.shape[1]).all()):
         return None
     span = positions[None, :] <= lengths[:, None]  # (B, T)
-    span_logits = model.vocabulary_logits(hidden[span])  # (N, V)
-    loss = model.token_loss(span_logits, labels[span], num_items_in_batch)
-    logits = span_logits.new_zeros(*labels.shape, span_logits.shape[-1]).index_put_((span,), span_logits)
+    span_hidden, span_labels = hidden[span], labels[span]  # (N, H), (N,)
+    rows = span_hidden.shape[0]
+    if _compiles_kernels_per_shape(model.lm_head.weight):
+        padding = -rows % BF16_ROW_BUCKET
+        span_hidden = F.pad(span_hidden, (0, 0, 0, padding))
+        span_labels = F.pad(span_labels, (0, padding), value=-100)
+    span_logits = model.vocabulary_logits(span_hidden)  # (N', V)
+    loss = model.token_loss(span_logits, span_labels, num_items_in_batch)
+    logits = span_logits.new_zeros(*labels.shape, span_logits.shape[-1]).index_put_((span,), span_logits[:rows])
     return logits, loss
+
+
+#: Row counts of bf16 CPU matmuls whose rows change from batch to batch are rounded up to a multiple of this.
+BF16_ROW_BUCKET = 64
+
+
+def _compiles_kernels_per_shape(weight: torch.Tensor) -> bool:
+    """Whether matmuls with `weight` run in bf16 on CPU (bf16 weights or bf16 autocast), where PyTorch calls oneDNN,
+    which builds a kernel for each new shape; fp32 matmuls go through BLAS routines that need none."""
+    dtype = _autocast_dtype("cpu") if weight.is_floating_point() and weight.dtype == torch.float32 else None
+    return weight.device.type == "cpu" and (dtype or weight.dtype) == torch.bfloat16

@@ -17,7 +17,7 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 from modeling_s2s import S2SConfig, S2SForConditionalGeneration  # noqa: E402
-from modeling_s2s.fast_paths import onednn_available  # noqa: E402
+from modeling_s2s.fast_paths import onednn_dtype  # noqa: E402
 
 torch.set_num_threads(1)
 
@@ -313,5 +313,5 @@ def digit_tokenizer():
 
 # The oneDNN path of the decoder's matmuls (`PackedWeights`) runs on x86 CPUs with AVX2/AVX-512 only.
 needs_onednn_matmuls = pytest.mark.skipif(
-    not onednn_available(torch.zeros(1)), reason="oneDNN matmuls need an x86 CPU with AVX2 or AVX-512"
+    onednn_dtype(torch.zeros(1)) is None, reason="oneDNN matmuls need an x86 CPU with AVX2 or AVX-512"
 )

@@ -173,7 +173,7 @@ def test_stepping_the_rnn_module_equals_the_reference_cell(monkeypatch, options)
 
 
 def _without_onednn(monkeypatch):
-    monkeypatch.setattr(fast_paths, "onednn_available", lambda weight: False)
+    monkeypatch.setattr(fast_paths, "onednn_dtype", lambda weight: None)
 
 
 @needs_onednn_matmuls
@@ -310,26 +310,88 @@ def test_a_pickled_model_decodes_as_before():
 
 
 @needs_onednn_matmuls
-def test_weights_are_packed_for_fp32_on_cpu_outside_autocast():
+@pytest.mark.parametrize("native_bf16", [True, False], ids=["native-bf16", "no-native-bf16"])
+def test_weights_are_packed_in_the_precision_the_matmuls_run_in(monkeypatch, native_bf16):
+    """fp32 outside autocast; bf16 under bf16 autocast and for bf16 weights only on CPUs with native bf16
+    (elsewhere plain matmuls: oneDNN would emulate bf16); never under fp16 autocast."""
+    if native_bf16 and not fast_paths._cpu_has_native_bf16():
+        pytest.skip("this CPU has no native bf16 (AVX512-BF16 / AMX)")
+    monkeypatch.setattr(fast_paths, "_cpu_has_native_bf16", lambda: native_bf16)
     model = make_model(**GRID[0])
     ids, mask = random_ids(SOURCE_LENGTHS)
     encoder_outputs = model.get_encoder()(input_ids=ids, attention_mask=mask)
     decoder = model.get_decoder()
     cache = decoder.init_cache(encoder_outputs, mask)
+    bf16 = torch.bfloat16 if native_bf16 else None
     with torch.no_grad():
         decoding = fast_paths._packed_weights(decoder, cache, 1)
-        assert decoding is not None and fast_paths._packed_weights(decoder, cache, 1) is decoding  # every step
+        assert decoding.dtype == torch.float32 and fast_paths._packed_weights(decoder, cache, 1) is decoding
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            assert fast_paths._packed_weights(decoder, cache, 1) is None  # autocast picks the precision itself
+            under_autocast = fast_paths._packed_weights(decoder, cache, 1)
+            assert getattr(under_autocast, "dtype", None) == bf16
+        with torch.autocast("cpu", dtype=torch.float16):
+            assert fast_paths._packed_weights(decoder, cache, 1) is None
+        assert fast_paths._packed_weights(decoder, cache, 1).dtype == torch.float32  # not the autocast one
     # With gradients on, every call reorders afresh (an optimizer step may have changed the weights since), and
     # only when the call's step loop reuses the weights.
     training = fast_paths._packed_weights(decoder, cache, 5)
     assert training is not None and training is not decoding
     assert fast_paths._packed_weights(decoder, cache, 5) is not training
     assert fast_paths._packed_weights(decoder, cache, 1) is None
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert getattr(fast_paths._packed_weights(decoder, cache, 5), "dtype", None) == bf16
     bf16_decoder = make_model(**GRID[0]).to(torch.bfloat16).get_decoder()
     with torch.no_grad():
-        assert fast_paths._packed_weights(bf16_decoder, cache, 1) is None
+        assert getattr(fast_paths._packed_weights(bf16_decoder, cache, 1), "dtype", None) == bf16
+
+
+@needs_onednn_matmuls
+@pytest.mark.parametrize("options", [GRID[0], GRID[4], GRID[10], GRID[15]], ids=grid_id)
+def test_bf16_training_through_onednn_gives_the_loss_and_gradients_of_plain_bf16_matmuls(monkeypatch, options):
+    """Under bf16 autocast on a CPU with native bf16, the per-step matmuls run through bf16 reordered weights and
+    the weight gradients of all steps in one bf16 matmul; loss and gradients match autocast's `F.linear` to bf16
+    precision (and the plain path is what runs on other CPUs)."""
+    if not fast_paths._cpu_has_native_bf16():
+        pytest.skip("this CPU has no native bf16 (AVX512-BF16 / AMX)")
+    model = make_model(**options, **NO_DROPOUT)
+    ids, mask = random_ids(SOURCE_LENGTHS)
+    labels = _labels(model)
+    used = []
+    original_linear = PackedWeights.linear
+    monkeypatch.setattr(PackedWeights, "linear", lambda self, name, *a, **k: used.append((name, self.dtype)) or
+                        original_linear(self, name, *a, **k))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss, _, gradients = _loss_and_gradients(model, ids, mask, labels, fast=True)
+        assert ("rnn.0.recurrent", torch.bfloat16) in used and ("combine", torch.bfloat16) in used
+        monkeypatch.setattr(fast_paths, "_cpu_has_native_bf16", lambda: False)
+        used.clear()
+        plain_loss, _, plain_gradients = _loss_and_gradients(model, ids, mask, labels, fast=True)
+    assert not used
+    assert all(gradient.dtype == torch.float32 for gradient in gradients.values())
+    torch.testing.assert_close(loss, plain_loss, atol=2e-2, rtol=1e-2)
+    _assert_same_gradients(gradients, plain_gradients, atol=5e-2, rtol=5e-2)
+
+
+@needs_onednn_matmuls
+@pytest.mark.parametrize("precision", ["autocast", "weights"])
+def test_bf16_decoding_through_onednn_matches_plain_bf16_matmuls(monkeypatch, precision):
+    """bf16 decoding (bf16 autocast, or bf16 weights) through bf16 reordered weights gives the scores of plain
+    bf16 matmuls to bf16 precision."""
+    if not fast_paths._cpu_has_native_bf16():
+        pytest.skip("this CPU has no native bf16 (AVX512-BF16 / AMX)")
+    model = make_model(**GRID[0])
+    if precision == "weights":
+        model = model.to(torch.bfloat16)
+    ids, mask = random_ids(SOURCE_LENGTHS)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "autocast"):
+        packed, caches = _generate_capturing_caches(monkeypatch, model, ids, mask, num_beams=1)
+        assert fast_paths._weights_of_cache[caches[0]].dtype == torch.bfloat16
+        monkeypatch.setattr(fast_paths, "_cpu_has_native_bf16", lambda: False)
+        plain, plain_caches = _generate_capturing_caches(monkeypatch, model, ids, mask, num_beams=1)
+        assert fast_paths._weights_of_cache.get(plain_caches[0]) is None
+    for packed_scores, plain_scores in zip(packed.scores, plain.scores, strict=False):
+        assert packed_scores.dtype == plain_scores.dtype
+        torch.testing.assert_close(packed_scores.float(), plain_scores.float(), atol=5e-2, rtol=2e-2)
 
 
 @needs_onednn_matmuls
