@@ -147,6 +147,44 @@ def _eos_token_ids(generation_config) -> list[int] | None:
     return None if eos is None else [int(token) for token in (eos if isinstance(eos, (list, tuple)) else [eos])]
 
 
+#: Width of the column chunks in which `first_argmax` and `chunked_topk` look for the largest scores.
+SCORE_CHUNK = 64
+
+
+def first_argmax(scores: torch.Tensor) -> torch.Tensor:
+    """`scores.argmax(-1)` of (N, V) scores: the first index of each row's maximum (NaN counting as the largest).
+
+    On CPU in two passes: the maximum of every chunk of `SCORE_CHUNK` columns (vectorised), then the first index of
+    the maximum within the first chunk holding it; PyTorch's CPU argmax over a whole long row is several times
+    slower. Elsewhere, or when V is not a multiple of the chunk, `torch.argmax`."""
+    rows, width = scores.shape
+    if scores.device.type != "cpu" or width % SCORE_CHUNK or width == SCORE_CHUNK:
+        return scores.argmax(-1)
+    chunks = scores.reshape(rows, width // SCORE_CHUNK, SCORE_CHUNK)
+    best_chunk = chunks.amax(-1).argmax(-1)  # (N,): the first chunk holding the row's maximum
+    within = chunks[torch.arange(rows, device=scores.device), best_chunk].argmax(-1)
+    return best_chunk * SCORE_CHUNK + within
+
+
+def chunked_topk(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """`torch.topk(scores, k)` of (N, W) scores: the k largest values of each row, sorted, and their indices.
+
+    On CPU in two passes: the k chunks of `SCORE_CHUNK` columns with the largest maxima hold the k largest values
+    (a value outside them is smaller than k chunk maxima, so than k values), and the top k of those k·chunk
+    candidates are the row's. Values equal to each other may come in another order than torch.topk's (whose order
+    of ties is unspecified too). Elsewhere, or when W is not a multiple of the chunk, `torch.topk`."""
+    rows, width = scores.shape
+    chunks_per_row = width // SCORE_CHUNK
+    if scores.device.type != "cpu" or width % SCORE_CHUNK or chunks_per_row <= 2 * k:
+        return torch.topk(scores, k)
+    chunks = scores.reshape(rows, chunks_per_row, SCORE_CHUNK)
+    best_chunks = torch.topk(chunks.amax(-1), k).indices  # (N, k)
+    candidates = torch.take_along_dim(chunks, best_chunks[:, :, None], dim=1).flatten(1)  # (N, k·chunk)
+    values, positions = torch.topk(candidates, k)
+    chunk_of = torch.gather(best_chunks, 1, positions // SCORE_CHUNK)
+    return values, chunk_of * SCORE_CHUNK + positions % SCORE_CHUNK
+
+
 def _pad_token_id(generation_config) -> int | None:
     """transformers' padding id: `pad_token_id`, else the first EOS id."""
     eos = _eos_token_ids(generation_config)
@@ -186,7 +224,7 @@ def greedy_search(model, input_ids, logits_processor, stopping_criteria, generat
     alive = torch.arange(batch_size, device=input_ids.device)
     unfinished = torch.ones(batch_size, dtype=torch.bool, device=input_ids.device)
     while True:
-        next_tokens = logits_processor(sequences[alive, :length], logits.float()).argmax(dim=-1)
+        next_tokens = first_argmax(logits_processor(sequences[alive, :length], logits.float()))
         if not drop_finished and pads_finished_rows:
             next_tokens = torch.where(unfinished, next_tokens, pad)
         if length >= sequences.shape[1]:  # no room left: a stopping criterion other than max_length decides
@@ -295,7 +333,7 @@ def _advance(beams: _Beams, log_probs: torch.Tensor, cur_len: int, s: _BeamSetti
     count, k = beams.sentences.shape[0], s.num_beams
     # in place: the processed log-probabilities are this step's own tensor (the same values as transformers' sum)
     accumulated = log_probs.reshape(count, k, -1).add_(beams.running_beam_scores[:, :, None]).reshape(count, -1)
-    topk_log_probs, topk_indices = torch.topk(accumulated, k=s.beams_to_keep)
+    topk_log_probs, topk_indices = chunked_topk(accumulated, s.beams_to_keep)
     vocab_size = accumulated.shape[-1] // k
     parent = topk_indices // vocab_size
     topk_sequences = _gather_beams(beams.running_sequences, parent)

@@ -609,3 +609,59 @@ def test_the_lean_loops_keep_every_row_when_a_processor_is_not_row_local(monkeyp
     assert torch.equal(ours.sequences, theirs.sequences)
     if num_beams > 1:
         assert torch.equal(ours.beam_indices, theirs.beam_indices)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The lean loops' argmax and top-k
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _scores_with_ties_nan_and_inf(rows: int, width: int) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(rows * width)
+    scores = torch.randn(rows, width, generator=generator).log_softmax(-1)
+    scores[1, [7, width - 3]] = 5.0  # the maximum twice, in different chunks
+    scores[2, [70 % width, 71 % width]] = 5.0  # twice in one chunk (of 64 columns)
+    scores[3] = -float("inf")
+    scores[4, [9, width // 2]] = float("nan")
+    scores[5, :: 3] = -float("inf")
+    return scores
+
+
+@pytest.mark.parametrize("width", [8000, 320, 100, 64])
+def test_first_argmax_is_torch_argmax(width):
+    from modeling_s2s.generation_s2s import first_argmax
+
+    scores = _scores_with_ties_nan_and_inf(6, width)
+    assert torch.equal(first_argmax(scores), scores.argmax(-1))
+    assert torch.equal(first_argmax(scores[:1]), scores[:1].argmax(-1))
+    assert torch.equal(first_argmax(scores.bfloat16()), scores.bfloat16().argmax(-1))
+
+
+@pytest.mark.parametrize("width,k", [(40000, 10), (8000, 4), (640, 6), (100, 3)])
+def test_chunked_topk_gives_torch_topk(width, k):
+    from modeling_s2s.generation_s2s import chunked_topk
+
+    scores = _scores_with_ties_nan_and_inf(6, width)
+    values, indices = chunked_topk(scores, k)
+    expected_values, expected_indices = torch.topk(scores, k)
+    torch.testing.assert_close(values, expected_values, atol=0, rtol=0, equal_nan=True)
+    torch.testing.assert_close(scores.gather(1, indices), values, atol=0, rtol=0, equal_nan=True)
+    assert all(len(set(row.tolist())) == k for row in indices)  # k distinct positions
+    distinct = [0]  # a row without ties: the same positions in the same order
+    assert torch.equal(indices[distinct], expected_indices[distinct])
+
+
+@pytest.mark.parametrize("kwargs", [dict(), dict(num_beams=4), dict(num_beams=3, length_penalty=0.6)],
+                         ids=["greedy", "beam4", "beam3-penalty"])
+def test_a_vocabulary_of_whole_chunks_decodes_as_transformers(monkeypatch, kwargs):
+    """With a vocabulary a multiple of 64 wide (as real ones are), greedy and beam search find their tokens by
+    `first_argmax` / `chunked_topk`; the sequences are transformers'."""
+    model = make_model(vocab_size=640, embedding_size=16, hidden_size=24)
+    ids, mask = random_ids([6, 3, 5, 4, 2], vocab_size=640)
+    used = []
+    for name in ("first_argmax", "chunked_topk"):
+        original = getattr(generation_s2s, name)
+        monkeypatch.setattr(generation_s2s, name, lambda *a, _f=original, _n=name: used.append(_n) or _f(*a))
+    ours, theirs, _, _ = _ours_and_transformers(monkeypatch, model, ids, mask, max_new_tokens=12, **kwargs)
+    assert used and set(used) == {"chunked_topk" if kwargs else "first_argmax"}
+    assert torch.equal(ours, theirs)
