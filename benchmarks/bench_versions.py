@@ -4,7 +4,8 @@ compared on one machine (run it alternately with each on PYTHONPATH; a git workt
 - training: target tokens/s over the same 10 Multi30k batches of 64 (after 2 warm-up steps), base and base_fused
   presets, fp32 and CPU bf16 autocast, AdamW;
 - decoding: `generate()` output tokens/s, greedy and beam 5, batch 64 over 192 test sentences, and the median ms per
-  sentence at batch 1 over 12 sentences; an untrained base model with `max_new_tokens=15` (it never ends early).
+  sentence at batch 1 over 12 sentences; an untrained base model with `max_new_tokens=15` (it never ends early);
+  then batch 64 again with the model's weights in bf16 (`model.to(torch.bfloat16)`).
 
 `--reference` runs the same measurements with `config.fast_paths=False` (the reference model and transformers' own
 generation loops), for the fast paths' speed-up on this machine.
@@ -84,6 +85,16 @@ def timed(fn) -> float:
     return time.perf_counter() - start
 
 
+def batch64_tokens_per_second(model, tokenizer, test: list[str], beams: int) -> float:
+    seconds, generated = 0.0, 0
+    for start in range(0, len(test), BATCH):
+        chunk = test[start : start + BATCH]
+        output = generate(model, tokenizer, chunk, beams)
+        generated += int((output[:, 1:] != tokenizer.pad_token_id).sum())
+        seconds += min(timed(lambda c=chunk, k=beams: generate(model, tokenizer, c, k)) for _ in range(3))
+    return generated / seconds
+
+
 def measure_versions(tokenizer, batches, test: list[str]) -> dict[str, float]:
     results = {}
     tokens = sum(int((b["labels"] != -100).sum()) for b in batches[2:])
@@ -98,17 +109,16 @@ def measure_versions(tokenizer, batches, test: list[str]) -> dict[str, float]:
             results[f"train {name} {'bf16' if bf16 else 'fp32'} tok/s"] = round(tokens / min(passes))
     model = preset_model(tokenizer, "base").eval()
     for beams in (1, 5):
-        seconds, generated = 0.0, 0
-        for start in range(0, len(test), BATCH):
-            chunk = test[start : start + BATCH]
-            output = generate(model, tokenizer, chunk, beams)
-            generated += int((output[:, 1:] != tokenizer.pad_token_id).sum())
-            seconds += min(timed(lambda c=chunk, k=beams: generate(model, tokenizer, c, k)) for _ in range(3))
-        results[f"decode beam{beams} b64 tok/s"] = round(generated / seconds)
+        results[f"decode beam{beams} b64 tok/s"] = round(batch64_tokens_per_second(model, tokenizer, test, beams))
         latencies = sorted(
             min(timed(lambda s=s, k=beams: generate(model, tokenizer, [s], k)) for _ in range(3)) for s in test[:12]
         )
         results[f"decode beam{beams} b1 ms/sentence"] = round(1000 * latencies[len(latencies) // 2], 1)
+    model = model.to(torch.bfloat16)
+    for beams in (1, 5):
+        results[f"decode bf16 weights beam{beams} b64 tok/s"] = round(
+            batch64_tokens_per_second(model, tokenizer, test, beams)
+        )
     return results
 
 
