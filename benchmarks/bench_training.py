@@ -29,8 +29,9 @@ size, V vocabulary, S_b real source length of the sentence, F = H with input fee
                                + 2·H·E + 2·E·V                                (projection H→E, tied output layer)
     training = 3 × forward (backward ≈ 2 × forward); embedding lookups, softmax and element-wise ops are free.
 
-Achieved FLOP/s = model FLOPs of the timed batches ÷ their time; MFU = achieved ÷ the fp32 matmul peak that this
-script measures a moment before (a 2048² `torch.mm` loop at the same thread count). Peak memory: each
+Achieved FLOP/s = model FLOPs of the timed batches ÷ their time; MFU = achieved ÷ the matmul peak of the row's
+precision that this script measures a moment before (a 2048² `torch.mm` loop at the same thread count, fp32, and
+bf16 with `--bf16` for the "s2s bf16" rows). Peak memory: each
 (preset, implementation) trains a few steps in a fresh spawned interpreter; the table gives the peak RSS
 increase over the RSS before the first step (model, batches and libraries loaded), which includes the Adam state.
 
@@ -194,7 +195,7 @@ def main() -> None:
     if args.bf16:
         bf16_peak = matmul_peak_gflops(args.threads, seconds=args.peak_seconds, dtype=torch.bfloat16)
         print(f"matmul peak (bf16 2048² torch.mm, {args.threads} threads): {bf16_peak:.1f} GFLOP/s "
-              "(MFU stays relative to the fp32 peak)", flush=True)
+              "(the MFU of the bf16 rows)", flush=True)
     print()
 
     config_kwargs = dict(
@@ -233,7 +234,7 @@ def main() -> None:
                 preset, "fused" if config.fused_decoder else "steps", name, f"{params / 1e6:.2f}M",
                 round(rate), 1000 * s / len(timed), rate / rates.get(NAIVE, float("nan")),
                 rate / rates.get(OFF, float("nan")), flops / tokens / 1e6, flops / s / 1e9,
-                f"{100 * flops / s / 1e9 / peak:.1f}%",
+                f"{100 * flops / s / 1e9 / (bf16_peak if name == 's2s bf16' else peak):.1f}%",
             ])
         print(f"{preset}: " + ", ".join(f"{n} {tokens / s:,.0f} tok/s" for n, s in seconds.items()), flush=True)
         if args.profile:

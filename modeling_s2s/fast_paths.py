@@ -82,8 +82,8 @@ def _onednn_linear(x: torch.Tensor, packed_weight: torch.Tensor, bias, activatio
 
 
 class _PackedLinearFunction(torch.autograd.Function):
-    """y = x Wᵀ + b through oneDNN with reordered weights: W for the forward, Wᵀ for the input's gradient, both in
-    `packed.dtype` (x and b are cast to it, as autocast casts them; the input's gradient comes back in x's dtype).
+    """y = x Wᵀ + b through oneDNN with W reordered, in `packed.dtype` (x and b are cast to it, as autocast casts
+    them); the input's gradient is a plain matmul, returned in x's dtype.
 
     With `pairs` (a list shared by every step of one forward), the backward leaves (output gradient, input) in it
     instead of returning gradients for W and b; `_DeferredWeightGradient` turns all pairs into them at once."""
@@ -101,9 +101,8 @@ class _PackedLinearFunction(torch.autograd.Function):
     def backward(ctx, grad):
         x, weight = ctx.saved_tensors
         grad_x = grad_weight = grad_bias = None
-        if ctx.needs_input_grad[0]:
-            transposed = ctx.packed.reordered(f"{ctx.name}.T", weight.t())
-            grad_x = _onednn_linear(grad, transposed, None).to(ctx.input_dtype)
+        if ctx.needs_input_grad[0]:  # a plain matmul: reordering Wᵀ costs more than it saves over ~20 steps
+            grad_x = (grad @ ctx.packed.cast(ctx.name, weight)).to(ctx.input_dtype)
         if ctx.pairs is not None:
             ctx.pairs.append((grad.reshape(-1, grad.shape[-1]), x.reshape(-1, x.shape[-1])))
             return grad_x, None, None, None, None, None
@@ -183,11 +182,15 @@ def onednn_dtype(weight: torch.Tensor) -> torch.dtype | None:
     return None
 
 
+#: Up to this many rows (decoding one or two sentences greedily), fp32 matmuls use the plain weights.
+PLAIN_FP32_ROWS = 2
+
+
 class PackedWeights:
     """Weights reordered once into oneDNN's blocked layout, reused by every step of one decoder call.
 
-    A weight is reordered on first use. In training, the input's gradient goes through the reordered Wᵀ and the
-    weight's gradient is one matmul over all steps (`_DeferredWeightGradient`). `is_current` tells whether every
+    A weight is reordered on first use. In training, the input's gradient is a plain matmul with W (cast once to
+    `dtype`) and the weight's gradient one matmul over all steps (`_DeferredWeightGradient`). `is_current` tells whether every
     parameter a weight was derived from is unchanged since, so that decoding can reuse the reordered weights from
     one `generate()` call to the next. Copies and pickles start empty.
     """
@@ -207,6 +210,15 @@ class PackedWeights:
             for tensor, fingerprint in sources
         )
 
+    def cast(self, name: str, weight: torch.Tensor) -> torch.Tensor:
+        """`weight` (detached) in `dtype`, cast once per name."""
+        if weight.dtype == self.dtype:
+            return weight.detach()
+        key = f"{name}.cast"
+        if key not in self._reordered:
+            self._reordered[key] = weight.detach().to(self.dtype)
+        return self._reordered[key]
+
     def reordered(self, name: str, weight: torch.Tensor) -> torch.Tensor:
         if name not in self._reordered:
             weight = weight.detach().to(self.dtype).contiguous()
@@ -224,7 +236,7 @@ class PackedWeights:
         given = [t for t in sources if t is not None]
         if known is None or any(tensor is not source for (tensor, _), source in zip(known, given, strict=True)):
             # first use, or a module was replaced (e.g. resized): derive and reorder this weight afresh
-            for key in (name, f"{name}.T"):
+            for key in (name, f"{name}.cast"):
                 self._reordered.pop(key, None)
             self._sources[name] = tuple((t, _fingerprint(t)) for t in given)
             weight_and_bias = derive(*sources) if derive is not None else sources
@@ -233,6 +245,9 @@ class PackedWeights:
         needs_grad = torch.is_grad_enabled() and (
             x.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad)
         )
+        if not needs_grad and self.dtype == torch.float32 and x.numel() <= PLAIN_FP32_ROWS * x.shape[-1]:
+            output = F.linear(x, weight, bias)  # BLAS's matrix-vector kernels beat reordered weights here
+            return torch.tanh(output) if activation == "tanh" else output
         if not needs_grad:
             bias = bias.to(self.dtype) if bias is not None else None
             return _onednn_linear(x.to(self.dtype), self.reordered(name, weight), bias, activation)
