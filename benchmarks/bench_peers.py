@@ -1,4 +1,5 @@
-"""OpenNMT-py side by side with our model on this machine: training tokens/s, then greedy and beam-5 decoding.
+"""OpenNMT-py side by side with our model on this machine: training tokens/s, then greedy and beam-5 decoding at
+batch 64 and at batch 1, with achieved FLOP/s, MFU and peak memory of every row.
 
 The published anchors for OpenNMT-py 3.5.1 (2,800 training target tokens/s; 7,200 / 2,100 output tokens/s greedy /
 beam 5 at batch 64, 2-core CPU) come from another machine; this script measures OpenNMT-py itself here, in the
@@ -14,41 +15,107 @@ Both toolkits get the same data and the same shape:
   512 → 256 projection and tied 256 → 8000 output layer), so it does *more* arithmetic per target token;
 - the same number of training steps (default: one epoch, 453 batches), each from its own random initialisation.
 
+Peak FLOP/s: at the start the script measures the fp32 matmul peak of this machine (`_common.matmul_peak_gflops`:
+a 2048² `torch.mm` loop at `--threads` threads, `--peak-seconds` long) and, when a bf16 row needs it (a ":bf16"
+variant in `--ours`, or `--decode-bf16`), the bf16 one, and prints both. Every MFU is against the peak of the
+precision of its row, measured in this run: fp32 rows (OpenNMT-py's included) against the fp32 peak, bf16 rows
+(":bf16" training under autocast, "bf16 weights" decoding) against the bf16 peak.
+
 Training: OpenNMT-py's `onmt_train` (its own trainer, length-bucketed batches, a report every 50 steps) run as a
 subprocess with `OMP_NUM_THREADS`/`MKL_NUM_THREADS` = `--threads`; its target tokens/s are the ones it logs,
 averaged over the reports after the first (warm-up). Ours: `S2SForConditionalGeneration` (base preset) trained
-with the loop of bench_training.py (forward, backward, clipping, Adam) on length-grouped batches of 64 for the
-same number of steps; tokens/s over the steps after the first 10. OpenNMT-py's figure includes its data
-pipeline; ours does not (batches are built beforehand), which is worth a few per cent to us.
+with the loop of bench_training.py (forward, backward, clipping, fused Adam as Trainer's default optimizer
+`adamw_torch_fused`; OpenNMT-py's `optim: adam` is torch's unfused Adam) on length-grouped batches of 64 for the
+same number of steps, each `--ours` variant in a fresh interpreter (`_common.run_isolated`); tokens/s over the
+steps after the first 10. OpenNMT-py's figure includes its data pipeline; ours does not (batches are built
+beforehand), which is worth a few per cent to us.
 
-Decoding (after training, test_2016_flickr, 1000 sentences, batches of 64 sentences, max 80 tokens):
-OpenNMT-py's `onmt_translate` (its own batching: sorted by length within buckets; time as its `-report_time`
-prints, model loading excluded) against our `generate()` (batches sorted by source length, time per batch
-summed). The two take turns `--decode-repeats` times (default 2) and each keeps its fastest turn, so a slow
-stretch of the shared machine must hit every turn of one toolkit to move the ratio. `--decode-from DIR` skips
-training and decodes again with the models of an earlier run (`--save-model DIR`, and OpenNMT-py's checkpoint in
+Training FLOPs (analytical, multiply-add = 2 FLOPs, real tokens only, padding excluded; E = 256 embedding,
+H = 512 hidden, V = 8000 vocabulary, S_b the real source length of the sentence; training = 3 × forward):
+- ours: `bench_training.flops_per_batch` (encoder, bridge, decoder with the 512 → 256 projection and the tied
+  256 → 8000 output layer; formula in bench_training.py's docstring), summed over the timed batches;
+- OpenNMT-py: the same terms for its shape, i.e. no bridge and the untied generator:
+
+      encoder, per source token:   2 directions × 2·(E + H/2)·4·(H/2)
+      decoder, per target token:   2·(E + H + H)·4·H                  (LSTM cell, input feeding)
+                                 + 2·H·H + 2·S_b·H + 2·S_b·H          (general score: W_a h, scores, context)
+                                 + 2·2H·H                             (tanh(W_c [c; h]))
+                                 + 2·H·V                              (untied generator, instead of 2·H·E + 2·E·V)
+      FLOPs per target token = 3 × (encoder + decoder FLOPs) ÷ target tokens, over all batches of the epoch
+
+  The lengths are those of our length-grouped batches of 64 of the same data (one epoch), with S_b one token
+  shorter (OpenNMT-py's source has no `</s>`; both targets count `</s>`, as do both toolkits' target tokens/s).
+  OpenNMT-py's GFLOP/s = FLOPs per target token × the target tokens/s it logs.
+
+Decoding (test_2016_flickr, 1000 sentences, batches of 64 sentences, max 80 tokens): OpenNMT-py's
+`onmt_translate` (fp32; its own batching: sorted by length within buckets; model loading excluded: its
+`-report_time` figures, the time taken as output pieces ÷ its logged "Tokens per second", i.e. its total time
+without the 0.1 s rounding of "Total translation time", which is the fallback) against our `generate()`
+(batches sorted by source length, time per batch summed), fp32 and, with `--decode-bf16` (the default), a copy
+of our model with bf16 weights (`copy.deepcopy(model).to(torch.bfloat16)`). They take turns `--decode-repeats`
+times (default 2) and each keeps its fastest turn, so a slow stretch of the shared machine must hit every turn
+of one of them to move the ratio. `--decode-from DIR` skips training and decodes with a model saved earlier
+(this script's `<workdir>/s2s_model` or `--save-model DIR`, and OpenNMT-py's checkpoint of the same `--steps` in
 `--workdir`). Output tokens are counted the same way for both (pieces of the output + 1 for `</s>`), and BLEU
 (sacreBLEU, detokenised with the same tokenizer) is printed so the speed of two equally (un)finished models is
 compared; after one epoch both are far from converged, so the BLEU columns only show the outputs are real.
 
+Decoding FLOPs (an approximation): per output token, one decoder step of each of the `beams` rows,
+
+      2·(E + F + H)·4·H + 2·H·H + 4·S·H + 2·2H·H + output layer (ours 2·H·E + 2·E·V, OpenNMT-py 2·H·V)
+
+with S the mean source length of the test sentences (OpenNMT-py's one token shorter) and F = H with input
+feeding (else 0), plus the encoder over all source tokens (ours also the bridge, 2·2·H·H per sentence). It
+ignores that beam search may keep stepping a sentence's beams after its best hypothesis ended, that finished rows
+leave the batch (or not), top-k, softmax and other element-wise work, and padding; the output tokens are those
+of the table. GFLOP/s = these FLOPs ÷ the decoding time; MFU = ÷ the peak of the row's precision.
+
+Batch 1 (`--batch1-sentences N`, default 100; 0 skips): latency per sentence over the first N test sentences,
+greedy and beam 5. OpenNMT-py: `onmt_translate -batch_size 1` on those sentences; it logs only totals, so its
+mean is total time ÷ N (time as above; like at batch 64 it includes reading the input and writing the output
+around its translate calls) and it has no median. Ours: `generate()` one sentence at a time (fp32 and
+the bf16-weights copy), mean and median of the per-sentence times. Same turns as at batch 64 (fastest of
+`--decode-repeats` by total time).
+
+Peak memory (MiB of resident memory, whole process, each in a fresh process; the timing runs are separate):
+- OpenNMT-py: `ru_maxrss` of `onmt_train` / `onmt_translate` from `os.wait4` (the largest of that process and
+  its waited-for descendants, not their sum: onmt_train's 2 spawned DataLoader worker processes come on top of
+  its figure); decoding: the largest of its batch-64 runs of that beam size;
+- ours, training: the training interpreter's own peak (`_common.peak_rss_mb()`, read at the end of training:
+  libraries, tokenizer, the epoch's batches, model, gradients and Adam state); decoding: a fresh interpreter
+  that loads the saved model (bf16 row: and casts it to bf16 in place), then translates the test set once with
+  the same settings (batch 64, one beam size) and reports its peak.
+
+Columns. Training: "target tok/s" (target tokens incl. `</s>` per second), "× OpenNMT-py" (tok/s ÷ OpenNMT-py's
+tok/s), "MFLOP/target tok" (model FLOPs per target token as above), "GFLOP/s" (achieved model FLOP/s), "MFU"
+(GFLOP/s ÷ the matmul peak of the row's precision, in %), "peak RSS MiB". Decoding at batch 64: "time s" (the
+fastest turn), "output tokens", "output tok/s", "× OpenNMT-py" (output tok/s ÷ OpenNMT-py's: > 1 is faster),
+"BLEU" (sacreBLEU, 0–100), "GFLOP/s", "MFU", "peak RSS MiB". Batch 1: "mean ms/sentence", "median ms/sentence",
+"× OpenNMT-py" (mean ÷ OpenNMT-py's mean: < 1 is faster).
+
 Needs OpenNMT-py installed in some Python (it pins torch < 2.3; here it runs against torch 2.13 with
 `pip install --no-deps OpenNMT-py==3.5.1` plus its small dependencies in a venv with system site packages):
 
-    python benchmarks/bench_peers.py --onmt-python /tmp/onmt-venv/bin/python            # about 12 minutes
-    python benchmarks/bench_peers.py --onmt-python /tmp/onmt-venv/bin/python --steps 60 --max-sentences 128
+    python benchmarks/bench_peers.py --onmt-python /tmp/onmt-venv/bin/python            # about 15 minutes
+    python benchmarks/bench_peers.py --onmt-python /tmp/onmt-venv/bin/python --steps 60 --max-sentences 128 \
+        --batch1-sentences 10                                                         # a quick look
     python benchmarks/bench_peers.py --onmt-python /tmp/onmt-venv/bin/python \
         --ours base base_fused base:bf16 base_fused:bf16      # also the fused path and bf16 autocast, one epoch each
+    python benchmarks/bench_peers.py --onmt-python /tmp/onmt-venv/bin/python \
+        --decode-from benchmarks/.cache/peers/s2s_model     # decode again with the models of an earlier run
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 import re
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 from _common import (
@@ -58,19 +125,31 @@ from _common import (
     get_tokenizer,
     load_model,
     load_pairs,
+    matmul_peak_gflops,
+    peak_rss_mb,
     print_footer,
     print_header,
+    run_isolated,
     setup_threads,
+    tokenize,
     training_batches,
 )
 from bench_decoding import Runner, bleu
-from bench_training import make_step
+from bench_training import flops_per_batch, make_step
 
 from modeling_s2s.training import keep_freed_memory_for_reuse
 
 ONMT_SPECIALS = ("<unk>", "<blank>", "<s>", "</s>")
 REPORT_LINE = re.compile(r"Step\s+(\d+)/\s*\d+;.*?(\d+)/\s*(\d+) tok/s;\s+(\d+) sec")
 TRANSLATION_TIME = re.compile(r"Total translation time \(s\): ([\d.]+)")
+TOKENS_PER_SECOND = re.compile(r"Tokens per second: ([\d.]+)")
+# OpenNMT-py's shape (its YAML below): embeddings, hidden size, vocabulary (7,996 pieces + its 4 specials)
+ONMT_E, ONMT_H, ONMT_V = 256, 512, 8000
+MAX_LENGTH = 80  # decoding: max output tokens of both toolkits
+DECODE_BATCH = 64
+OURS = "S2S generate()"
+OURS_BF16 = "S2S generate() bf16 weights"
+MODEL_SUBDIR = "s2s_model"  # under --workdir: the model our decoding variant saves for the decoding runs
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -103,13 +182,19 @@ def prepare_data(tokenizer, workdir: Path) -> dict[str, Path]:
     return files
 
 
+def first_lines(source: Path, n: int, path: Path) -> Path:
+    """The first `n` lines of `source` written to `path`."""
+    path.write_text("\n".join(source.read_text(encoding="utf-8").splitlines()[:n]) + "\n", encoding="utf-8")
+    return path
+
+
 def onmt_config(files: dict[str, Path], workdir: Path, steps: int, seed: int) -> Path:
     config = f"""
 src_vocab: {files['vocab']}
 tgt_vocab: {files['vocab']}
 share_vocab: true
-src_vocab_size: 8000
-tgt_vocab_size: 8000
+src_vocab_size: {ONMT_V}
+tgt_vocab_size: {ONMT_V}
 data:
   corpus_1:
     path_src: {files['train.src']}
@@ -128,8 +213,8 @@ decoder_type: rnn
 rnn_type: LSTM
 enc_layers: 1
 dec_layers: 1
-word_vec_size: 256
-hidden_size: 512
+word_vec_size: {ONMT_E}
+hidden_size: {ONMT_H}
 global_attention: general
 input_feed: 1
 dropout: [0.2]
@@ -158,19 +243,79 @@ def onmt_env(threads: int, keep_freed_memory: bool) -> dict[str, str]:
     )
 
 
+def run_with_peak_rss(command: list[str], log: Path, env: dict[str, str]) -> float:
+    """Run `command` with stdout and stderr to `log`; its peak RSS (MiB) from `os.wait4` (`ru_maxrss`, KiB on
+    Linux: the largest of the process and its waited-for descendants, not their sum)."""
+    with log.open("w") as handle:
+        process = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, env=env)
+        try:
+            _, status, usage = os.wait4(process.pid, 0)
+        except BaseException:
+            process.kill()
+            process.wait()
+            raise
+    process.returncode = os.waitstatus_to_exitcode(status)  # reaped here; keeps Popen from waiting again
+    if process.returncode != 0:
+        raise subprocess.CalledProcessError(process.returncode, command)
+    return usage.ru_maxrss / 1024
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Model FLOPs (see the module docstring)
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def encoder_flops(E: int, H: int, source_tokens: float) -> float:
+    """Forward FLOPs of the biLSTM encoder (H/2 units per direction) over `source_tokens` tokens."""
+    half = H // 2
+    return source_tokens * 2 * 2 * (E + half) * 4 * half
+
+
+def onmt_training_flops_per_token(batches: list[dict[str, torch.Tensor]]) -> float:
+    """OpenNMT-py's training FLOPs per target token over `batches` (our batches of the same data): the terms of
+    `bench_training.flops_per_batch` without the bridge and with the untied H → V generator; its source is one
+    token shorter than ours (no `</s>`)."""
+    E, H, V = ONMT_E, ONMT_H, ONMT_V
+    per_target = 2 * (E + H + H) * 4 * H + 2 * H * H + 2 * 2 * H * H + 2 * H * V
+    flops = targets = 0.0
+    for batch in batches:
+        source_lengths = batch["attention_mask"].sum(dim=1).double() - 1
+        target_lengths = batch["labels"].ne(-100).sum(dim=1).double()
+        decoder = float(target_lengths.sum()) * per_target + float((target_lengths * source_lengths).sum()) * 4 * H
+        flops += 3.0 * (encoder_flops(E, H, float(source_lengths.sum())) + decoder)
+        targets += float(target_lengths.sum())
+    return flops / targets
+
+
+def decoding_flops(
+    E: int, H: int, F: int, output_layer: float, output_tokens: int, beams: int, source_lengths: list[int],
+    bridge: float = 0.0,
+) -> float:
+    """Approximate decoding FLOPs: per output token a decoder step of each of the `beams` rows (LSTM cell,
+    general attention over the mean source length, combine, output layer), plus the encoder over all source
+    tokens and `bridge` FLOPs per sentence."""
+    S = sum(source_lengths) / len(source_lengths)
+    step = 2 * (E + F + H) * 4 * H + 2 * H * H + 4 * S * H + 2 * 2 * H * H + output_layer
+    return (output_tokens * beams * step + encoder_flops(E, H, sum(source_lengths))
+            + len(source_lengths) * bridge)
+
+
+def percent(fraction: float) -> str:
+    return f"{100 * fraction:.1f}%"
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # OpenNMT-py
 # ---------------------------------------------------------------------------------------------------------------
 
 
 def onmt_train(python: str, config: Path, threads: int, workdir: Path, keep_freed_memory: bool) -> dict[str, float]:
-    """Run onmt_train; target tokens/s averaged over the reports after the first, weighted by their duration."""
+    """Run onmt_train; target tokens/s averaged over the reports after the first, weighted by their duration;
+    its peak RSS (MiB)."""
     log = workdir / "onmt_train.log"
     command = [python, "-m", "onmt.bin.train", "-config", str(config)]
     start = time.perf_counter()
-    with log.open("w") as handle:
-        subprocess.run(command, stdout=handle, stderr=subprocess.STDOUT, env=onmt_env(threads, keep_freed_memory),
-                       check=True)
+    peak = run_with_peak_rss(command, log, onmt_env(threads, keep_freed_memory))
     wall = time.perf_counter() - start
     reports = [tuple(int(x) for x in m.groups()) for m in REPORT_LINE.finditer(log.read_text())]
     if len(reports) < 2:
@@ -179,27 +324,42 @@ def onmt_train(python: str, config: Path, threads: int, workdir: Path, keep_free
     for (_, _, _, previous), (_, _, tgt_per_s, elapsed) in zip(reports, reports[1:]):
         weighted += tgt_per_s * (elapsed - previous)
         seconds += elapsed - previous
-    return {"tok/s": weighted / seconds, "wall": wall, "log": str(log)}
+    return {"tok/s": weighted / seconds, "wall": wall, "log": str(log), "peak_rss_mb": peak}
+
+
+def onmt_seconds(log_text: str, pieces: int, log: Path) -> float:
+    """onmt_translate's translation time (s): its output pieces ÷ its "Tokens per second" (both count the pieces
+    without `</s>`), which is its total time without the 0.1 s rounding of "Total translation time"; that line
+    where the two disagree or no piece was output."""
+    total = TRANSLATION_TIME.search(log_text)
+    if not total:
+        raise RuntimeError(f"onmt_translate did not report its time; see {log}")
+    seconds = float(total.group(1))
+    rate = TOKENS_PER_SECOND.search(log_text)
+    if rate and pieces and float(rate.group(1)) > 0:
+        precise = pieces / float(rate.group(1))
+        if abs(precise - seconds) <= 0.051 + 0.001 * seconds:
+            return precise
+    return seconds
 
 
 def onmt_translate(
-    python: str, workdir: Path, source: Path, steps: int, beams: int, threads: int, keep_freed_memory: bool
+    python: str, workdir: Path, source: Path, steps: int, beams: int, threads: int, keep_freed_memory: bool,
+    batch_size: int = DECODE_BATCH,
 ) -> dict:
-    output = workdir / f"test.beam{beams}.out"
-    log = workdir / f"onmt_translate.beam{beams}.log"
+    """One onmt_translate run: its time (s), output pieces per sentence and peak RSS (MiB)."""
+    tag = f"beam{beams}" if batch_size == DECODE_BATCH else f"batch{batch_size}.beam{beams}"
+    output = workdir / f"test.{tag}.out"
+    log = workdir / f"onmt_translate.{tag}.log"
     command = [
         python, "-m", "onmt.bin.translate", "-model", str(workdir / f"model_step_{steps}.pt"), "-src", str(source),
-        "-output", str(output), "-batch_size", "64", "-batch_type", "sents", "-beam_size", str(beams),
-        "-max_length", "80", "-report_time", "-gpu", "-1",
+        "-output", str(output), "-batch_size", str(batch_size), "-batch_type", "sents", "-beam_size", str(beams),
+        "-max_length", str(MAX_LENGTH), "-report_time", "-gpu", "-1",
     ]
-    with log.open("w") as handle:
-        subprocess.run(command, stdout=handle, stderr=subprocess.STDOUT, env=onmt_env(threads, keep_freed_memory),
-                       check=True)
-    found = TRANSLATION_TIME.search(log.read_text())
-    if not found:
-        raise RuntimeError(f"onmt_translate did not report its time; see {log}")
-    lines = output.read_text(encoding="utf-8").splitlines()
-    return {"seconds": float(found.group(1)), "pieces": [line.split() for line in lines]}
+    peak = run_with_peak_rss(command, log, onmt_env(threads, keep_freed_memory))
+    pieces = [line.split() for line in output.read_text(encoding="utf-8").splitlines()]
+    seconds = onmt_seconds(log.read_text(), sum(len(p) for p in pieces), log)
+    return {"seconds": seconds, "pieces": pieces, "peak_rss_mb": peak}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -211,14 +371,15 @@ OUR_VARIANTS = ("base", "base_fused", "base:bf16", "base_fused:bf16")
 
 
 def train_ours(tokenizer, steps: int, warmup: int, seed: int, grouping: str, variant: str = "base"):
-    """Train our model of `variant` (a preset, with ":bf16" under CPU bf16 autocast as Trainer's --bf16)."""
+    """Train our model of `variant` (a preset, with ":bf16" under CPU bf16 autocast as Trainer's --bf16); tok/s,
+    time, target tokens and model FLOPs (`bench_training.flops_per_batch`) of the timed steps."""
     from _common import build_model
 
     preset, _, precision = variant.partition(":")
     batches = training_batches(tokenizer, seed=seed, grouping=grouping)
     model = build_model(preset, tokenizer, seed=seed)
     step = make_step(model, is_reference=False, bf16=precision == "bf16")
-    tokens, seconds = 0, 0.0
+    tokens, seconds, flops = 0, 0.0, 0.0
     for index in range(steps):
         batch = batches[index % len(batches)]
         start = time.perf_counter()
@@ -226,32 +387,96 @@ def train_ours(tokenizer, steps: int, warmup: int, seed: int, grouping: str, var
         if index >= warmup:
             seconds += time.perf_counter() - start
             tokens += int(batch["labels"].ne(-100).sum())
-    return model.eval(), {"tok/s": tokens / seconds}
+            flops += flops_per_batch(model.config, batch)
+    return model.eval(), {"tok/s": tokens / seconds, "seconds": seconds, "tokens": tokens, "flops": flops}
+
+
+def _child_setup(threads: int, keep_freed_memory: bool) -> None:
+    setup_threads(threads)
+    if keep_freed_memory:
+        keep_freed_memory_for_reuse()
+    quiet_transformers()
+
+
+def quiet_transformers() -> None:
+    """Errors only, and no progress bars (saving and loading weights)."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+
+
+def train_ours_isolated(
+    variant: str, steps: int, warmup: int, seed: int, grouping: str, threads: int, keep_freed_memory: bool,
+    save_dirs: tuple[str, ...] = (),
+) -> dict[str, float]:
+    """Run in a fresh interpreter (`run_isolated`): train `variant` as `train_ours`; its figures plus the
+    process's own peak RSS (MiB, at the end of training); then save the model (fp32) with the tokenizer to each
+    of `save_dirs`."""
+    _child_setup(threads, keep_freed_memory)
+    tokenizer = get_tokenizer()
+    model, result = train_ours(tokenizer, steps, warmup, seed, grouping, variant)
+    result["peak_rss_mb"] = peak_rss_mb()
+    model = model.float()
+    for directory in save_dirs:
+        model.save_pretrained(directory)
+        tokenizer.save_pretrained(directory)
+    return result
+
+
+def decode_peak_rss(
+    model_dir: str, sources: list[str], beams: int, threads: int, keep_freed_memory: bool, bf16: bool
+) -> float:
+    """Run in a fresh interpreter: load the saved model (`bf16`: cast to bf16 in place), translate `sources` once
+    as the timed runs do (batches of 64 sorted by length, max 80 tokens); the process's peak RSS (MiB)."""
+    _child_setup(threads, keep_freed_memory)
+    tokenizer = get_tokenizer()
+    model = load_model(model_dir)
+    if bf16:
+        model = model.to(torch.bfloat16)
+    runner = Runner(tokenizer, {"max_new_tokens": MAX_LENGTH})
+    with torch.inference_mode():
+        for _, input_ids, attention_mask in decoding_batches(tokenizer, sources, DECODE_BATCH):
+            runner.generate(model, input_ids, attention_mask, beams)
+    return peak_rss_mb()
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--onmt-python", required=True, help="a Python interpreter with OpenNMT-py 3.5.1")
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=2, help="threads of both toolkits (and of the matmul peak)")
     parser.add_argument("--steps", type=int, default=453, help="training steps of each toolkit (453 = one epoch)")
-    parser.add_argument("--max-sentences", type=int, default=1000, help="test sentences to translate")
+    parser.add_argument("--max-sentences", type=int, default=1000, help="test sentences to translate at batch 64")
+    parser.add_argument("--batch1-sentences", type=int, default=100,
+                        help="batch-1 latency over the first N test sentences, greedy and beam 5, both toolkits "
+                             "(0 skips it)")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--no-decode", action="store_true", help="training only")
     parser.add_argument("--ours", nargs="+", default=["base"], choices=OUR_VARIANTS,
-                        help="our models to train, one after the other, each for --steps steps (':bf16' = under CPU "
-                             "bf16 autocast, as the trainer's --bf16; OpenNMT-py 3.5.1 has mixed precision only on "
-                             "CUDA). The first decodes, in fp32.")
+                        help="our models to train, one after the other, each for --steps steps in a fresh "
+                             "interpreter (':bf16' = under CPU bf16 autocast, as the trainer's --bf16; OpenNMT-py "
+                             "3.5.1 has mixed precision only on CUDA). The first decodes, in fp32 (and with bf16 "
+                             "weights, see --decode-bf16).")
     parser.add_argument("--length-grouping", default="source", choices=("source", "target"),
                         help="our batches' sort key, as the trainer's --length_grouping")
-    parser.add_argument("--workdir", default=str(CACHE_DIR / "peers"))
+    parser.add_argument("--workdir", default=str(CACHE_DIR / "peers"),
+                        help="OpenNMT-py's data, logs and checkpoint, and our decoding model "
+                             f"(<workdir>/{MODEL_SUBDIR})")
     parser.add_argument("--decode-repeats", type=int, default=2,
-                        help="decoding turns per toolkit and beam size, alternating; the fastest of each counts")
+                        help="decoding turns per toolkit, variant and beam size (batch 64 and batch 1), "
+                             "alternating; the fastest of each counts")
+    parser.add_argument("--decode-bf16", action=argparse.BooleanOptionalAction, default=True,
+                        help="also decode with a bf16-weights copy of our model (rows 'S2S generate() bf16 "
+                             "weights', MFU against the bf16 matmul peak)")
     parser.add_argument("--decode-from", metavar="DIR",
-                        help="skip training: decode with our model saved by an earlier --save-model DIR and "
-                             "OpenNMT-py's checkpoint of the same --steps left in --workdir")
+                        help=f"skip training: decode with our model saved by an earlier run (<workdir>/"
+                             f"{MODEL_SUBDIR} or --save-model DIR) and OpenNMT-py's checkpoint of the same --steps "
+                             "left in --workdir")
     parser.add_argument("--save-model", metavar="DIR",
                         help="also save the decoding model with its tokenizer to DIR (for bench_decoding.py "
                              "--model_dir and bench_generate_overhead.py)")
+    parser.add_argument("--peak-seconds", type=float, default=2.0,
+                        help="duration of each matmul peak measurement (fp32, and bf16 where a bf16 row needs it)")
     parser.add_argument("--default-malloc", action="store_true",
                         help="leave glibc's allocator as it is for both toolkits (by default both keep freed memory "
                              "for reuse, as scripts/train.py does: ours by mallopt, OpenNMT-py by glibc's "
@@ -260,90 +485,184 @@ def main() -> None:
 
     setup_threads(args.threads)
     keep_freed_memory = not args.default_malloc and keep_freed_memory_for_reuse()
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.set_verbosity_error()
+    quiet_transformers()
     print_header("OpenNMT-py 3.5.1 side by side with S2S (training, then decoding)")
     version = subprocess.run([args.onmt_python, "-c", "import onmt, torch; print(onmt.__version__, torch.__version__)"],
                              capture_output=True, text=True, check=True).stdout.split()
     print(f"OpenNMT-py {version[0]} (torch {version[1]}) via {args.onmt_python}; {args.steps} training steps each; "
-          f"allocator for both: {'freed memory kept for reuse' if keep_freed_memory else 'glibc defaults'}\n",
+          f"allocator for both: {'freed memory kept for reuse' if keep_freed_memory else 'glibc defaults'}",
           flush=True)
+    training = not args.decode_from
+    bf16_training = training and any(v.endswith(":bf16") for v in args.ours)
+    bf16_decoding = not args.no_decode and args.decode_bf16
+    peaks = {"fp32": matmul_peak_gflops(args.threads, seconds=args.peak_seconds)}
+    print(f"matmul peak (fp32 2048² torch.mm, {args.threads} threads): {peaks['fp32']:.1f} GFLOP/s", flush=True)
+    if bf16_training or bf16_decoding:
+        peaks["bf16"] = matmul_peak_gflops(args.threads, seconds=args.peak_seconds, dtype=torch.bfloat16)
+        print(f"matmul peak (bf16 2048² torch.mm, {args.threads} threads): {peaks['bf16']:.1f} GFLOP/s", flush=True)
+    print(flush=True)
+
     workdir = Path(args.workdir)
     tokenizer = get_tokenizer()
     files = prepare_data(tokenizer, workdir)
     sources, references = load_pairs("test")
     sources, references = sources[: args.max_sentences], references[: args.max_sentences]
-    test_source = workdir / "test.limited.de"
-    test_source.write_text(
-        "\n".join(files["test.src"].read_text(encoding="utf-8").splitlines()[: args.max_sentences]) + "\n",
-        encoding="utf-8",
-    )
+    test_source = first_lines(files["test.src"], args.max_sentences, workdir / "test.limited.de")
 
     if args.decode_from:
-        model = load_model(args.decode_from)
-        print(f"training skipped: S2S model from {args.decode_from}, OpenNMT-py's model_step_{args.steps}.pt from "
+        model_dir = args.decode_from
+        print(f"training skipped: S2S model from {model_dir}, OpenNMT-py's model_step_{args.steps}.pt from "
               f"{workdir}\n", flush=True)
     else:
-        model = train_both(args, tokenizer, files, workdir, keep_freed_memory)
+        model_dir = train_both(args, tokenizer, files, workdir, keep_freed_memory, peaks)
     if args.no_decode:
         print_footer()
         return
-    batches = decoding_batches(tokenizer, sources, 64)
-    runner = Runner(tokenizer, {"max_new_tokens": 80})
-    decode_rows = []
+    model = load_model(model_dir)
+    variants = {OURS: model}
+    if args.decode_bf16:
+        variants[OURS_BF16] = copy.deepcopy(model).to(torch.bfloat16)
+    decode_batch64(args, tokenizer, variants, model_dir, sources, references, test_source, workdir,
+                   keep_freed_memory, peaks)
+    if args.batch1_sentences > 0:
+        decode_batch1(args, tokenizer, variants, load_pairs("test")[0], files, workdir, keep_freed_memory)
+    print_footer()
+
+
+def decode_batch64(
+    args, tokenizer, variants: dict[str, Any], model_dir: str, sources: list[str], references: list[str],
+    test_source: Path, workdir: Path, keep_freed_memory: bool, peaks: dict[str, float],
+) -> None:
+    """Greedy and beam 5 at batch 64: OpenNMT-py and our variants take turns; then the peak-memory runs; prints
+    the table."""
+    config = next(iter(variants.values())).config
+    E, H, V = config.embedding_size, config.hidden_size, config.decoder_vocab_size
+    F = H if config.input_feeding else 0
+    our_sources = [len(ids) for ids in tokenize(tokenizer, sources)]
+    onmt_sources = [n - 1 for n in our_sources]  # OpenNMT-py's source has no </s>
+    our_output = 2 * E * V + (2 * H * E if E != H else 0)
+    batches = decoding_batches(tokenizer, sources, DECODE_BATCH)
+    runner = Runner(tokenizer, {"max_new_tokens": MAX_LENGTH})
+    rows = []
     for beams in (1, 5):
         # the toolkits take turns, `--decode-repeats` times; each keeps its fastest run (a slow stretch of a
         # shared machine then has to hit every turn of one toolkit to change the ratio)
-        onmt_runs, our_runs = [], []
+        onmt_runs, our_runs = [], {name: [] for name in variants}
         for _ in range(args.decode_repeats):
             onmt_runs.append(onmt_translate(
                 args.onmt_python, workdir, test_source, args.steps, beams, args.threads, keep_freed_memory
             ))
-            with torch.inference_mode():
-                our_runs.append(runner.run(lambda ids, mask, b=beams: runner.generate(model, ids, mask, b), batches,
-                                           len(sources)))
+            for name, variant in variants.items():
+                with torch.inference_mode():
+                    our_runs[name].append(runner.run(
+                        lambda ids, mask, v=variant, b=beams: runner.generate(v, ids, mask, b), batches, len(sources)
+                    ))
         translated = min(onmt_runs, key=lambda run: run["seconds"])
-        result = min(our_runs, key=lambda run: run["seconds"])
         onmt_ids = [tokenizer.convert_tokens_to_ids(pieces) for pieces in translated["pieces"]]
         onmt_tokens = sum(len(ids) + 1 for ids in onmt_ids)
-        ours_tps = result["tokens"] / result["seconds"]
         onmt_tps = onmt_tokens / translated["seconds"]
-        decode_rows.append([beams, "OpenNMT-py", translated["seconds"], onmt_tokens, onmt_tps, 1.0,
-                            bleu(tokenizer, onmt_ids, references)])
-        decode_rows.append([beams, "S2S generate()", result["seconds"], result["tokens"], ours_tps,
-                            ours_tps / onmt_tps, bleu(tokenizer, result["outputs"], references)])
+        flops = decoding_flops(ONMT_E, ONMT_H, ONMT_H, 2 * ONMT_H * ONMT_V, onmt_tokens, beams, onmt_sources)
+        gflops = flops / translated["seconds"] / 1e9
+        rows.append([beams, "OpenNMT-py", translated["seconds"], onmt_tokens, onmt_tps, 1.0,
+                     bleu(tokenizer, onmt_ids, references), gflops, percent(gflops / peaks["fp32"]),
+                     max(run["peak_rss_mb"] for run in onmt_runs)])
+        print(f"  OpenNMT-py beams {beams}: {onmt_tps:,.0f} output tok/s", flush=True)
+        for name, runs in our_runs.items():
+            result = min(runs, key=lambda run: run["seconds"])
+            bf16 = name == OURS_BF16
+            tps = result["tokens"] / result["seconds"]
+            flops = decoding_flops(E, H, F, our_output, result["tokens"], beams, our_sources, bridge=2 * 2 * H * H)
+            gflops = flops / result["seconds"] / 1e9
+            memory = run_isolated(decode_peak_rss, model_dir, sources, beams, args.threads, keep_freed_memory, bf16)
+            rows.append([beams, name, result["seconds"], result["tokens"], tps, tps / onmt_tps,
+                         bleu(tokenizer, result["outputs"], references), gflops,
+                         percent(gflops / peaks["bf16" if bf16 else "fp32"]), memory])
+            print(f"  {name} beams {beams}: {tps:,.0f} output tok/s", flush=True)
 
-    print(f"\n## Decoding test_2016_flickr ({len(sources)} sentences, batch 64, max 80 tokens, fp32; S2S "
-          f"{args.ours[0]}; models after {args.steps} training steps; fastest of {args.decode_repeats} turns "
-          "each)\n")
-    print(format_table(["beams", "toolkit", "seconds", "tokens", "tok/s", "× OpenNMT-py", "BLEU"], decode_rows))
-    print_footer()
+    print(f"\n## Decoding test_2016_flickr ({len(sources)} sentences, batch {DECODE_BATCH}, max {MAX_LENGTH} tokens; "
+          f"OpenNMT-py fp32, S2S {args.ours[0]} fp32{' and bf16 weights' if len(variants) > 1 else ''}; models "
+          f"after {args.steps} training steps; fastest of {args.decode_repeats} turns each; × OpenNMT-py = output "
+          "tok/s ÷ OpenNMT-py's (> 1 is faster); MFU = GFLOP/s ÷ the matmul peak of the row's precision; peak RSS "
+          "of a separate fresh process)\n")
+    print(format_table(["beams", "toolkit", "time s", "output tokens", "output tok/s", "× OpenNMT-py", "BLEU (0-100)",
+                        "GFLOP/s", "MFU %", "peak RSS MiB"], rows))
 
 
-def train_both(args, tokenizer, files: dict[str, Path], workdir: Path, keep_freed_memory: bool):
-    """OpenNMT-py, then each of our `--ours` variants, for `--steps` steps; prints the training table and returns
-    our first variant's model (fp32) for decoding."""
+def decode_batch1(
+    args, tokenizer, variants: dict[str, Any], sources: list[str], files: dict[str, Path], workdir: Path,
+    keep_freed_memory: bool,
+) -> None:
+    """Latency per sentence at batch 1 over the first `--batch1-sentences` of `sources` (the whole test set);
+    prints the table."""
+    sources = sources[: args.batch1_sentences]
+    n = len(sources)
+    source = first_lines(files["test.src"], n, workdir / f"test.first{n}.de")
+    single = decoding_batches(tokenizer, sources, 1, sort=False)
+    runner = Runner(tokenizer, {"max_new_tokens": MAX_LENGTH})
+    rows = []
+    for beams in (1, 5):
+        onmt_runs, our_runs = [], {name: [] for name in variants}
+        for _ in range(args.decode_repeats):
+            onmt_runs.append(onmt_translate(
+                args.onmt_python, workdir, source, args.steps, beams, args.threads, keep_freed_memory, batch_size=1
+            ))
+            for name, variant in variants.items():
+                with torch.inference_mode():
+                    our_runs[name].append(runner.run(
+                        lambda ids, mask, v=variant, b=beams: runner.generate(v, ids, mask, b), single, n
+                    ))
+        onmt_mean = 1000 * min(run["seconds"] for run in onmt_runs) / n
+        rows.append([beams, "OpenNMT-py", onmt_mean, float("nan"), 1.0])
+        print(f"  OpenNMT-py batch 1 beams {beams}: {onmt_mean:.1f} ms/sentence (mean)", flush=True)
+        for name, runs in our_runs.items():
+            result = min(runs, key=lambda run: run["seconds"])
+            mean = 1000 * result["seconds"] / result["sentences"]
+            rows.append([beams, name, mean, result["latency_ms"], mean / onmt_mean])
+            print(f"  {name} batch 1 beams {beams}: {mean:.1f} ms/sentence (mean)", flush=True)
+
+    print(f"\n## Batch-1 latency (first {n} test sentences one at a time, max {MAX_LENGTH} tokens; fastest of "
+          f"{args.decode_repeats} turns each by total time; × OpenNMT-py = mean ÷ OpenNMT-py's mean (< 1 is faster); "
+          "OpenNMT-py logs only its total, so no median)\n")
+    print(format_table(["beams", "toolkit", "mean ms/sentence", "median ms/sentence", "× OpenNMT-py"], rows))
+
+
+def train_both(
+    args, tokenizer, files: dict[str, Path], workdir: Path, keep_freed_memory: bool, peaks: dict[str, float]
+) -> str | None:
+    """OpenNMT-py, then each of our `--ours` variants in a fresh interpreter, for `--steps` steps; prints the
+    training table and returns the directory of our first variant's saved model (fp32) for decoding (None with
+    --no-decode and no --save-model)."""
     config = onmt_config(files, workdir, args.steps, args.seed)
     onmt = onmt_train(args.onmt_python, config, args.threads, workdir, keep_freed_memory)
-    print(f"onmt_train: {onmt['tok/s']:,.0f} target tok/s (its reports), {onmt['wall']:.0f} s in all", flush=True)
-    training_rows, model = [["OpenNMT-py 3.5.1", "fp32", onmt["tok/s"], 1.0]], None
-    for variant in args.ours:
-        trained, ours = train_ours(
-            tokenizer, args.steps, warmup=10, seed=args.seed, grouping=args.length_grouping, variant=variant
-        )
-        model = model or trained.float()
+    onmt_flops = onmt_training_flops_per_token(training_batches(tokenizer, seed=args.seed,
+                                                                grouping=args.length_grouping))
+    onmt_gflops = onmt_flops * onmt["tok/s"] / 1e9
+    print(f"onmt_train: {onmt['tok/s']:,.0f} target tok/s (its reports), {onmt['wall']:.0f} s in all, peak RSS "
+          f"{onmt['peak_rss_mb']:,.0f} MiB", flush=True)
+    training_rows = [["OpenNMT-py 3.5.1", "fp32", onmt["tok/s"], 1.0, onmt_flops / 1e6, onmt_gflops,
+                      percent(onmt_gflops / peaks["fp32"]), onmt["peak_rss_mb"]]]
+    model_dir = str(workdir / MODEL_SUBDIR) if not args.no_decode else None
+    for index, variant in enumerate(args.ours):
+        save_dirs = tuple(d for d in (model_dir, args.save_model) if d) if index == 0 else ()
+        ours = run_isolated(train_ours_isolated, variant, args.steps, 10, args.seed, args.length_grouping,
+                            args.threads, keep_freed_memory, save_dirs)
         preset, _, precision = variant.partition(":")
-        print(f"S2S {variant}: {ours['tok/s']:,.0f} target tok/s", flush=True)
-        training_rows.append([f"S2S {preset}", precision or "fp32", ours["tok/s"], ours["tok/s"] / onmt["tok/s"]])
+        precision = precision or "fp32"
+        gflops = ours["flops"] / ours["seconds"] / 1e9
+        print(f"S2S {variant}: {ours['tok/s']:,.0f} target tok/s, peak RSS {ours['peak_rss_mb']:,.0f} MiB",
+              flush=True)
+        training_rows.append([f"S2S {preset}", precision, ours["tok/s"], ours["tok/s"] / onmt["tok/s"],
+                              ours["flops"] / ours["tokens"] / 1e6, gflops, percent(gflops / peaks[precision]),
+                              ours["peak_rss_mb"]])
+    if model_dir:
+        print(f"S2S {args.ours[0]} saved to {model_dir} (for decoding, and --decode-from)", flush=True)
 
-    if args.save_model:
-        model.save_pretrained(args.save_model)
-        tokenizer.save_pretrained(args.save_model)
     print("\n## Training (target tokens/s, same shape, batches of 64 sentences (each toolkit's own length "
-          "grouping); base_fused = the same without input feeding)\n")
-    print(format_table(["toolkit", "precision", "tok/s", "× OpenNMT-py"], training_rows))
-    return model
+          "grouping); base_fused = the same without input feeding; × OpenNMT-py = tok/s ÷ OpenNMT-py's; MFU = "
+          "GFLOP/s ÷ the matmul peak of the row's precision; peak RSS of the whole training process)\n")
+    print(format_table(["toolkit", "precision", "target tok/s", "× OpenNMT-py", "MFLOP/target tok", "GFLOP/s",
+                        "MFU %", "peak RSS MiB"], training_rows))
+    return model_dir
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@ on the same Multi30k batches.
 
 For each preset of configuration/models/ (tiny, small, base, base_fused) three implementations start from the same
 weights and train on the same length-grouped batches of 64 sentence pairs (forward + backward + gradient
-clipping at 5 + Adam step, dropout on):
+clipping at 5 + fused Adam step, as Trainer's default optimizer `adamw_torch_fused`; dropout on):
 
 - "s2s": `S2SForConditionalGeneration` as it trains by default (`config.fast_paths = True`: the per-length CPU
   encoder, the decoder's step matmuls through oneDNN with reordered weights and the weight gradients of all steps
@@ -93,7 +93,7 @@ def flops_per_batch(config: Any, batch: dict[str, torch.Tensor]) -> float:
 def make_step(module: torch.nn.Module, is_reference: bool, bf16: bool = False, fast: bool = True):
     """One training step; `bf16` runs forward and loss under CPU bf16 autocast, as Trainer's `--bf16` does; `fast`:
     the S2S model's `config.fast_paths` during the step."""
-    optimizer = torch.optim.Adam(module.parameters(), lr=1e-3)
+    optimizer = torch.optim.Adam(module.parameters(), lr=1e-3, fused=True)  # as Trainer's default adamw_torch_fused
     module.train()
 
     def step(batch: dict[str, torch.Tensor]) -> float:

@@ -890,8 +890,9 @@ def run_accelerate_training(
              "weight_decay": args.weight_decay},
             {"params": [p for n, p in model.named_parameters() if n.endswith(no_decay)], "weight_decay": 0.0},
         ]
+        # fused: one kernel per parameter (CPU and CUDA), as Trainer's default optim "adamw_torch_fused"
         optimizer = torch.optim.AdamW(groups, lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
-                                      eps=args.adam_epsilon)
+                                      eps=args.adam_epsilon, fused=True)
         model, optimizer, train_loader = accelerator.prepare(model, optimizer, train_loader)
         batches_per_epoch = len(train_loader)  # per process, after sharding
         max_train_steps = args.max_train_steps or math.ceil(
