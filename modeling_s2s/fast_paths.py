@@ -34,6 +34,13 @@ if TYPE_CHECKING:
 #: call per length (with many more, each call would cover only a few rows).
 MAX_LENGTH_GROUPS = 16
 
+#: Up to this many rows (decoding one or two sentences greedily), fp32 matmuls use the plain weights: BLAS's
+#: matrix-vector kernels beat reordered weights there.
+PLAIN_FP32_ROWS = 2
+
+#: Row counts of bf16 CPU matmuls whose rows change from batch to batch are rounded up to a multiple of this.
+BF16_ROW_BUCKET = 64
+
 
 # ---------------------------------------------------------------------------------------------------------------
 # Encoder
@@ -182,17 +189,13 @@ def onednn_dtype(weight: torch.Tensor) -> torch.dtype | None:
     return None
 
 
-#: Up to this many rows (decoding one or two sentences greedily), fp32 matmuls use the plain weights.
-PLAIN_FP32_ROWS = 2
-
-
 class PackedWeights:
     """Weights reordered once into oneDNN's blocked layout, reused by every step of one decoder call.
 
     A weight is reordered on first use. In training, the input's gradient is a plain matmul with W (cast once to
-    `dtype`) and the weight's gradient one matmul over all steps (`_DeferredWeightGradient`). `is_current` tells whether every
-    parameter a weight was derived from is unchanged since, so that decoding can reuse the reordered weights from
-    one `generate()` call to the next. Copies and pickles start empty.
+    `dtype`) and the weight's gradient one matmul over all steps (`_DeferredWeightGradient`). `is_current` tells
+    whether every parameter a weight was derived from is unchanged since, so that decoding can reuse the reordered
+    weights from one `generate()` call to the next. Copies and pickles start empty.
     """
 
     def __init__(self, dtype: torch.dtype = torch.float32):
@@ -246,7 +249,7 @@ class PackedWeights:
             x.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad)
         )
         if not needs_grad and self.dtype == torch.float32 and x.numel() <= PLAIN_FP32_ROWS * x.shape[-1]:
-            output = F.linear(x, weight, bias)  # BLAS's matrix-vector kernels beat reordered weights here
+            output = F.linear(x, weight, bias)
             return torch.tanh(output) if activation == "tanh" else output
         if not needs_grad:
             bias = bias.to(self.dtype) if bias is not None else None
@@ -442,7 +445,7 @@ def span_logits_and_loss(model: S2SForConditionalGeneration, hidden: torch.Tenso
     span = positions[None, :] <= lengths[:, None]  # (B, T)
     span_hidden, span_labels = hidden[span], labels[span]  # (N, H), (N,)
     rows = span_hidden.shape[0]
-    if _compiles_kernels_per_shape(model.lm_head.weight):
+    if _bf16_matmuls_on_cpu(model.lm_head.weight):
         padding = -rows % BF16_ROW_BUCKET
         span_hidden = F.pad(span_hidden, (0, 0, 0, padding))
         span_labels = F.pad(span_labels, (0, padding), value=-100)
@@ -452,12 +455,9 @@ def span_logits_and_loss(model: S2SForConditionalGeneration, hidden: torch.Tenso
     return logits, loss
 
 
-#: Row counts of bf16 CPU matmuls whose rows change from batch to batch are rounded up to a multiple of this.
-BF16_ROW_BUCKET = 64
-
-
-def _compiles_kernels_per_shape(weight: torch.Tensor) -> bool:
-    """Whether matmuls with `weight` run in bf16 on CPU (bf16 weights or bf16 autocast), where PyTorch calls oneDNN,
-    which builds a kernel for each new shape; fp32 matmuls go through BLAS routines that need none."""
-    dtype = _autocast_dtype("cpu") if weight.is_floating_point() and weight.dtype == torch.float32 else None
-    return weight.device.type == "cpu" and (dtype or weight.dtype) == torch.bfloat16
+def _bf16_matmuls_on_cpu(weight: torch.Tensor) -> bool:
+    """Whether matmuls with `weight` run in bf16 on CPU (bf16 weights, or bf16 autocast), where PyTorch calls
+    oneDNN, which builds a kernel for each new shape; fp32 matmuls go through BLAS routines that need none."""
+    autocast = _autocast_dtype("cpu")
+    dtype = autocast if autocast is not None and weight.dtype == torch.float32 else weight.dtype
+    return weight.device.type == "cpu" and dtype == torch.bfloat16
