@@ -529,6 +529,26 @@ def main() -> None:
     print_footer()
 
 
+def take_turns(
+    args, workdir: Path, source: Path, beams: int, variants: dict[str, Any], runner: Runner, batches, n: int,
+    keep_freed_memory: bool, batch_size: int,
+) -> tuple[list[dict], dict[str, list[dict]]]:
+    """OpenNMT-py and each of our variants translate `source` / `batches` in turn, `--decode-repeats` times (a slow
+    stretch of a shared machine then has to hit every turn of one of them to change the ratios): OpenNMT-py's
+    runs and ours per variant."""
+    onmt_runs, our_runs = [], {name: [] for name in variants}
+    for _ in range(args.decode_repeats):
+        onmt_runs.append(onmt_translate(
+            args.onmt_python, workdir, source, args.steps, beams, args.threads, keep_freed_memory, batch_size
+        ))
+        for name, variant in variants.items():
+            with torch.inference_mode():
+                our_runs[name].append(runner.run(
+                    lambda ids, mask, v=variant: runner.generate(v, ids, mask, beams), batches, n
+                ))
+    return onmt_runs, our_runs
+
+
 def decode_batch64(
     args, tokenizer, variants: dict[str, Any], model_dir: str, sources: list[str], references: list[str],
     test_source: Path, workdir: Path, keep_freed_memory: bool, peaks: dict[str, float],
@@ -545,18 +565,8 @@ def decode_batch64(
     runner = Runner(tokenizer, {"max_new_tokens": MAX_LENGTH})
     rows = []
     for beams in (1, 5):
-        # the toolkits take turns, `--decode-repeats` times; each keeps its fastest run (a slow stretch of a
-        # shared machine then has to hit every turn of one toolkit to change the ratio)
-        onmt_runs, our_runs = [], {name: [] for name in variants}
-        for _ in range(args.decode_repeats):
-            onmt_runs.append(onmt_translate(
-                args.onmt_python, workdir, test_source, args.steps, beams, args.threads, keep_freed_memory
-            ))
-            for name, variant in variants.items():
-                with torch.inference_mode():
-                    our_runs[name].append(runner.run(
-                        lambda ids, mask, v=variant, b=beams: runner.generate(v, ids, mask, b), batches, len(sources)
-                    ))
+        onmt_runs, our_runs = take_turns(args, workdir, test_source, beams, variants, runner, batches, len(sources),
+                                         keep_freed_memory, DECODE_BATCH)
         translated = min(onmt_runs, key=lambda run: run["seconds"])
         onmt_ids = [tokenizer.convert_tokens_to_ids(pieces) for pieces in translated["pieces"]]
         onmt_tokens = sum(len(ids) + 1 for ids in onmt_ids)
@@ -601,16 +611,8 @@ def decode_batch1(
     runner = Runner(tokenizer, {"max_new_tokens": MAX_LENGTH})
     rows = []
     for beams in (1, 5):
-        onmt_runs, our_runs = [], {name: [] for name in variants}
-        for _ in range(args.decode_repeats):
-            onmt_runs.append(onmt_translate(
-                args.onmt_python, workdir, source, args.steps, beams, args.threads, keep_freed_memory, batch_size=1
-            ))
-            for name, variant in variants.items():
-                with torch.inference_mode():
-                    our_runs[name].append(runner.run(
-                        lambda ids, mask, v=variant, b=beams: runner.generate(v, ids, mask, b), single, n
-                    ))
+        onmt_runs, our_runs = take_turns(args, workdir, source, beams, variants, runner, single, n,
+                                         keep_freed_memory, 1)
         onmt_mean = 1000 * min(run["seconds"] for run in onmt_runs) / n
         rows.append([beams, "OpenNMT-py", onmt_mean, float("nan"), 1.0])
         print(f"  OpenNMT-py batch 1 beams {beams}: {onmt_mean:.1f} ms/sentence (mean)", flush=True)
