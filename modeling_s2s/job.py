@@ -19,6 +19,7 @@ the shared part, as small functions that take plain values:
 
 from __future__ import annotations
 
+import copy
 import ctypes
 import difflib
 import fnmatch
@@ -29,6 +30,7 @@ import re
 import shutil
 import sys
 import time
+import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field, fields
@@ -628,12 +630,20 @@ def vocabulary_from_tokenizer(tokenizer: PreTrainedTokenizerBase) -> dict[str, i
     )
 
 
+# The generation config each model of a job started with, kept beside the model so that it stays plain.
+# Seq2SeqTrainer's evaluation fills every generation default into `model.generation_config` (min_length=0,
+# top_k=50, ...); saved, they would make transformers warn at every `generate(min_new_tokens=...)` that
+# `min_length` was set too.
+_starting_generation_config: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
 def build_model(model_args: ModelArguments, tokenizer: PreTrainedTokenizerBase) -> S2SForConditionalGeneration:
     """The saved model of `model_name_or_path`, else a new one from :func:`build_config`; logs its size."""
     if model_args.model_name_or_path:
         model = S2SForConditionalGeneration.from_pretrained(model_args.model_name_or_path)
     else:
         model = S2SForConditionalGeneration(build_config(model_args, tokenizer))
+    _starting_generation_config[model] = copy.deepcopy(model.generation_config)
     logger.info("Model: %s parameters, config %s", f"{model.num_parameters():,}", model.config.to_json_string())
     return model
 
@@ -756,12 +766,16 @@ def finish_output_directory(
 ) -> Path:
     """Write the Hub-ready, pipeline-ready directory (main process only) and push it if asked.
 
-    The model (unwrapped) gets the final evaluation's generation settings, then `save_for_pipeline` writes
-    weights, config (auto_map + custom_pipelines), remote code, generation config and tokenizer (`save_kwargs`
-    go to `save_pretrained`, e.g. a gathered `state_dict`); then `all_results.json` and the `README.md` card.
+    The model (unwrapped) gets back the generation config it started the job with, plus the final evaluation's
+    generation settings; then `save_for_pipeline` writes weights, config (auto_map + custom_pipelines), remote
+    code, generation config and tokenizer (`save_kwargs` go to `save_pretrained`, e.g. a gathered `state_dict`);
+    then `all_results.json` and the `README.md` card.
     """
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
+    starting = _starting_generation_config.get(model)
+    if starting is not None:  # without the defaults the evaluation filled in
+        model.generation_config = copy.deepcopy(starting)
     for name, value in final_generation_kwargs(data_args).items():
         setattr(model.generation_config, name, value)
     save_for_pipeline(model, tokenizer, output_dir, task="translation", **(save_kwargs or {}))

@@ -103,6 +103,8 @@ def test_saved_model_reproduces_the_written_predictions_and_metrics(trained):
     tokenizer = AutoTokenizer.from_pretrained(output_dir)
     model = AutoModelForSeq2SeqLM.from_pretrained(output_dir).eval()
     assert model.generation_config.num_beams == 2  # --eval_num_beams is saved with the model
+    saved = json.loads((output_dir / "generation_config.json").read_text())
+    assert not {"min_length", "top_k", "repetition_penalty"} & saved.keys()  # not the defaults evaluation filled in
     pairs = load_parallel_data("de", "en")["test"]["translation"][:24]  # --max_predict_samples 24
     inputs = tokenizer([pair["de"] for pair in pairs], return_tensors="pt", padding=True)
     generated = model.generate(**inputs, max_length=16)  # --generation_max_length 16; beams from the saved config
