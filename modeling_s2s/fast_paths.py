@@ -174,18 +174,21 @@ def _cpu_has_native_bf16() -> bool:
     return _cpu_has_onednn_matmuls() and callable(has) and bool(has())
 
 
+def _matmul_dtype(weight: torch.Tensor) -> torch.dtype:
+    """The dtype matmuls with `weight` run in on CPU: autocast's, where it is on, else the weight's own."""
+    autocast = _autocast_dtype("cpu")
+    return autocast if autocast is not None and weight.dtype in (torch.float32, torch.bfloat16) else weight.dtype
+
+
 def onednn_dtype(weight: torch.Tensor) -> torch.dtype | None:
     """The dtype in which matmuls with `weight` (a parameter of the model) go through oneDNN with reordered
-    weights, or None for plain matmuls: fp32 for fp32 weights outside autocast on an x86 CPU with AVX2 or AVX-512;
-    bf16 for bf16 weights, or fp32 weights under bf16 autocast, on a CPU with native bf16. Never under
-    `torch.compile`."""
+    weights, or None for plain matmuls: fp32 (fp32 weights outside autocast) on an x86 CPU with AVX2 or AVX-512;
+    bf16 (bf16 weights, or bf16 autocast) on a CPU with native bf16. Never under `torch.compile`."""
     if weight.device.type != "cpu" or torch.compiler.is_compiling() or not _cpu_has_onednn_matmuls():
         return None
-    autocast = _autocast_dtype("cpu")
-    if weight.dtype == torch.float32 and autocast is None:
-        return torch.float32
-    if torch.bfloat16 in (weight.dtype, autocast) and weight.dtype in (torch.float32, torch.bfloat16):
-        return torch.bfloat16 if _cpu_has_native_bf16() and autocast in (None, torch.bfloat16) else None
+    dtype = _matmul_dtype(weight)
+    if dtype == torch.float32 or (dtype == torch.bfloat16 and _cpu_has_native_bf16()):
+        return dtype
     return None
 
 
@@ -458,6 +461,4 @@ def span_logits_and_loss(model: S2SForConditionalGeneration, hidden: torch.Tenso
 def _bf16_matmuls_on_cpu(weight: torch.Tensor) -> bool:
     """Whether matmuls with `weight` run in bf16 on CPU (bf16 weights, or bf16 autocast), where PyTorch calls
     oneDNN, which builds a kernel for each new shape; fp32 matmuls go through BLAS routines that need none."""
-    autocast = _autocast_dtype("cpu")
-    dtype = autocast if autocast is not None and weight.dtype == torch.float32 else weight.dtype
-    return weight.device.type == "cpu" and dtype == torch.bfloat16
+    return weight.device.type == "cpu" and _matmul_dtype(weight) == torch.bfloat16
