@@ -330,19 +330,36 @@ def run_isolated(function: Callable[..., Any], *args: Any) -> Any:
 def matmul_peak_gflops(
     threads: int, size: int = 2048, seconds: float = 2.0, dtype: torch.dtype = torch.float32
 ) -> float:
-    """Achieved GFLOP/s of a large square `torch.mm` at the current thread count: the practical peak that
-    MFU is measured against (the best of several repeats, to be robust to other load on the machine)."""
-    a = torch.randn(size, size, dtype=dtype)
-    b = torch.randn(size, size, dtype=dtype)
-    out = torch.empty(size, size, dtype=dtype)
+    """Achieved GFLOP/s (int8: GOP/s) of a large square matmul at the current thread count: the practical peak
+    that MFU is measured against (the best of several repeats, to be robust to other load on the machine).
+    fp32 / bf16: `torch.mm`; int8: oneDNN's int8 linear (what `config.int8_decoding` runs) on int8 inputs."""
+    matmul = _int8_matmul(size) if dtype == torch.int8 else _float_matmul(size, dtype)
     for _ in range(3):
-        torch.mm(a, b, out=out)
+        matmul()
     best = 0.0
     deadline = time.perf_counter() + seconds
     while time.perf_counter() < deadline:
         start = time.perf_counter()
         for _ in range(3):
-            torch.mm(a, b, out=out)
+            matmul()
         elapsed = time.perf_counter() - start
         best = max(best, 3 * 2 * size**3 / elapsed / 1e9)
     return best
+
+
+def _float_matmul(size: int, dtype: torch.dtype):
+    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
+    out = torch.empty(size, size, dtype=dtype)
+    return lambda: torch.mm(a, b, out=out)
+
+
+def _int8_matmul(size: int):
+    from modeling_s2s.fast_paths import quantize_weight
+
+    weight = quantize_weight(torch.randn(size, size))
+    x = torch.randint(-127, 128, (size, size), dtype=torch.int8)
+    scale, zero_point = torch.tensor(0.01), torch.zeros((), dtype=torch.int64)
+    return lambda: torch.ops.onednn.qlinear_pointwise.tensor(
+        x, scale, zero_point, weight.packed, weight.scales, weight.zero_points, None, 1.0, 0, torch.float32, "none",
+        [], "",
+    )

@@ -16,10 +16,11 @@ Both toolkits get the same data and the same shape:
 - the same number of training steps (default: one epoch, 453 batches), each from its own random initialisation.
 
 Peak FLOP/s: at the start the script measures the fp32 matmul peak of this machine (`_common.matmul_peak_gflops`:
-a 2048² `torch.mm` loop at `--threads` threads, `--peak-seconds` long) and, when a bf16 row needs it (a ":bf16"
-variant in `--ours`, or `--decode-bf16`), the bf16 one, and prints both. Every MFU is against the peak of the
-precision of its row, measured in this run: fp32 rows (OpenNMT-py's included) against the fp32 peak, bf16 rows
-(":bf16" training under autocast, "bf16 weights" decoding) against the bf16 peak.
+a 2048² `torch.mm` loop at `--threads` threads, `--peak-seconds` long), when a bf16 row needs it (a ":bf16"
+variant in `--ours`, or `--decode-bf16`) the bf16 one, and with `--decode-int8` the int8 one (oneDNN's int8
+linear on 2048² int8 operands, GOP/s), and prints them. Every MFU is against the peak of the precision of its row,
+measured in this run: fp32 rows (OpenNMT-py's included) against the fp32 peak, bf16 rows (":bf16" training under
+autocast, "bf16 weights" decoding) against the bf16 peak, the int8 decoding row against the int8 peak.
 
 Training: OpenNMT-py's `onmt_train` (its own trainer, length-bucketed batches, a report every 50 steps) run as a
 subprocess with `OMP_NUM_THREADS`/`MKL_NUM_THREADS` = `--threads`; its target tokens/s are the ones it logs,
@@ -51,8 +52,9 @@ Decoding (test_2016_flickr, 1000 sentences, batches of 64 sentences, max 80 toke
 `onmt_translate` (fp32; its own batching: sorted by length within buckets; model loading excluded: its
 `-report_time` figures, the time taken as output pieces ÷ its logged "Tokens per second", i.e. its total time
 without the 0.1 s rounding of "Total translation time", which is the fallback) against our `generate()`
-(batches sorted by source length, time per batch summed), fp32 and, with `--decode-bf16` (the default), a copy
-of our model with bf16 weights (`copy.deepcopy(model).to(torch.bfloat16)`). They take turns `--decode-repeats`
+(batches sorted by source length, time per batch summed), fp32 and, with `--decode-bf16` (the default), our
+model with bf16 weights (`model.to(torch.bfloat16)`), and with `--decode-int8` (the default where the CPU has
+oneDNN's int8 linear ops) with `config.int8_decoding = True`. They take turns `--decode-repeats`
 times (default 2) and each keeps its fastest turn, so a slow stretch of the shared machine must hit every turn
 of one of them to move the ratio. `--decode-from DIR` skips training and decodes with a model saved earlier
 (this script's `<workdir>/s2s_model` or `--save-model DIR`, and OpenNMT-py's checkpoint of the same `--steps` in
@@ -73,8 +75,8 @@ of the table. GFLOP/s = these FLOPs ÷ the decoding time; MFU = ÷ the peak of t
 Batch 1 (`--batch1-sentences N`, default 100; 0 skips): latency per sentence over the first N test sentences,
 greedy and beam 5. OpenNMT-py: `onmt_translate -batch_size 1` on those sentences; it logs only totals, so its
 mean is total time ÷ N (time as above; like at batch 64 it includes reading the input and writing the output
-around its translate calls) and it has no median. Ours: `generate()` one sentence at a time (fp32 and
-the bf16-weights copy), mean and median of the per-sentence times. Same turns as at batch 64 (fastest of
+around its translate calls) and it has no median. Ours: `generate()` one sentence at a time (each decoding
+variant), mean and median of the per-sentence times. Same turns as at batch 64 (fastest of
 `--decode-repeats` by total time).
 
 Peak memory (MiB of resident memory, whole process, each in a fresh process; the timing runs are separate):
@@ -83,7 +85,7 @@ Peak memory (MiB of resident memory, whole process, each in a fresh process; the
   its figure); decoding: the largest of its batch-64 runs of that beam size;
 - ours, training: the training interpreter's own peak (`_common.peak_rss_mb()`, read at the end of training:
   libraries, tokenizer, the epoch's batches, model, gradients and Adam state); decoding: a fresh interpreter
-  that loads the saved model (bf16 row: and casts it to bf16 in place), then translates the test set once with
+  that loads the saved model (bf16 row: and casts it to bf16 in place; int8 row: sets int8_decoding), then translates the test set once with
   the same settings (batch 64, one beam size) and reports its peak.
 
 Columns. Training: "target tok/s" (target tokens incl. `</s>` per second), "× OpenNMT-py" (tok/s ÷ OpenNMT-py's
@@ -108,7 +110,6 @@ Needs OpenNMT-py installed in some Python (it pins torch < 2.3; here it runs aga
 from __future__ import annotations
 
 import argparse
-import copy
 import os
 import re
 import subprocess
@@ -137,6 +138,7 @@ from _common import (
 from bench_decoding import Runner, bleu
 from bench_training import flops_per_batch, make_step
 
+from modeling_s2s.fast_paths import _cpu_has_onednn_int8
 from modeling_s2s.training import keep_freed_memory_for_reuse
 
 ONMT_SPECIALS = ("<unk>", "<blank>", "<s>", "</s>")
@@ -149,6 +151,8 @@ MAX_LENGTH = 80  # decoding: max output tokens of both toolkits
 DECODE_BATCH = 64
 OURS = "S2S generate()"
 OURS_BF16 = "S2S generate() bf16 weights"
+OURS_INT8 = "S2S generate() int8"
+PRECISION = {OURS: "fp32", OURS_BF16: "bf16", OURS_INT8: "int8"}  # of each decoding row: its MFU's peak
 MODEL_SUBDIR = "s2s_model"  # under --workdir: the model our decoding variant saves for the decoding runs
 
 
@@ -424,16 +428,24 @@ def train_ours_isolated(
     return result
 
 
+def load_precision(model_dir: str, precision: str):
+    """Our saved model for decoding in `precision`: "fp32", "bf16" (weights cast to bf16 in place) or "int8"
+    (`config.int8_decoding`)."""
+    model = load_model(model_dir)
+    if precision == "bf16":
+        model = model.to(torch.bfloat16)
+    model.config.int8_decoding = precision == "int8"
+    return model
+
+
 def decode_peak_rss(
-    model_dir: str, sources: list[str], beams: int, threads: int, keep_freed_memory: bool, bf16: bool
+    model_dir: str, sources: list[str], beams: int, threads: int, keep_freed_memory: bool, precision: str
 ) -> float:
-    """Run in a fresh interpreter: load the saved model (`bf16`: cast to bf16 in place), translate `sources` once
+    """Run in a fresh interpreter: load the saved model in `precision` (`load_precision`), translate `sources` once
     as the timed runs do (batches of 64 sorted by length, max 80 tokens); the process's peak RSS (MiB)."""
     _child_setup(threads, keep_freed_memory)
     tokenizer = get_tokenizer()
-    model = load_model(model_dir)
-    if bf16:
-        model = model.to(torch.bfloat16)
+    model = load_precision(model_dir, precision)
     runner = Runner(tokenizer, {"max_new_tokens": MAX_LENGTH})
     with torch.inference_mode():
         for _, input_ids, attention_mask in decoding_batches(tokenizer, sources, DECODE_BATCH):
@@ -468,6 +480,9 @@ def main() -> None:
     parser.add_argument("--decode-bf16", action=argparse.BooleanOptionalAction, default=True,
                         help="also decode with a bf16-weights copy of our model (rows 'S2S generate() bf16 "
                              "weights', MFU against the bf16 matmul peak)")
+    parser.add_argument("--decode-int8", action=argparse.BooleanOptionalAction, default=None,
+                        help="also decode with config.int8_decoding (rows 'S2S generate() int8', MFU against the "
+                             "int8 matmul peak); default: where the CPU has oneDNN's int8 linear ops")
     parser.add_argument("--decode-from", metavar="DIR",
                         help=f"skip training: decode with our model saved by an earlier run (<workdir>/"
                              f"{MODEL_SUBDIR} or --save-model DIR) and OpenNMT-py's checkpoint of the same --steps "
@@ -495,11 +510,19 @@ def main() -> None:
     training = not args.decode_from
     bf16_training = training and any(v.endswith(":bf16") for v in args.ours)
     bf16_decoding = not args.no_decode and args.decode_bf16
+    if args.decode_int8 is None:
+        args.decode_int8 = _cpu_has_onednn_int8()
+    elif args.decode_int8 and not _cpu_has_onednn_int8():
+        parser.error("--decode-int8: this CPU / PyTorch build has no oneDNN int8 linear ops")
     peaks = {"fp32": matmul_peak_gflops(args.threads, seconds=args.peak_seconds)}
     print(f"matmul peak (fp32 2048² torch.mm, {args.threads} threads): {peaks['fp32']:.1f} GFLOP/s", flush=True)
     if bf16_training or bf16_decoding:
         peaks["bf16"] = matmul_peak_gflops(args.threads, seconds=args.peak_seconds, dtype=torch.bfloat16)
         print(f"matmul peak (bf16 2048² torch.mm, {args.threads} threads): {peaks['bf16']:.1f} GFLOP/s", flush=True)
+    if not args.no_decode and args.decode_int8:
+        peaks["int8"] = matmul_peak_gflops(args.threads, seconds=args.peak_seconds, dtype=torch.int8)
+        print(f"matmul peak (int8 2048² oneDNN int8 linear, {args.threads} threads): {peaks['int8']:.1f} GOP/s",
+              flush=True)
     print(flush=True)
 
     workdir = Path(args.workdir)
@@ -521,7 +544,9 @@ def main() -> None:
     model = load_model(model_dir)
     variants = {OURS: model}
     if args.decode_bf16:
-        variants[OURS_BF16] = copy.deepcopy(model).to(torch.bfloat16)
+        variants[OURS_BF16] = load_precision(model_dir, "bf16")
+    if args.decode_int8:
+        variants[OURS_INT8] = load_precision(model_dir, "int8")
     decode_batch64(args, tokenizer, variants, model_dir, sources, references, test_source, workdir,
                    keep_freed_memory, peaks)
     if args.batch1_sentences > 0:
@@ -579,18 +604,18 @@ def decode_batch64(
         print(f"  OpenNMT-py beams {beams}: {onmt_tps:,.0f} output tok/s", flush=True)
         for name, runs in our_runs.items():
             result = min(runs, key=lambda run: run["seconds"])
-            bf16 = name == OURS_BF16
             tps = result["tokens"] / result["seconds"]
             flops = decoding_flops(E, H, F, our_output, result["tokens"], beams, our_sources, bridge=2 * 2 * H * H)
             gflops = flops / result["seconds"] / 1e9
-            memory = run_isolated(decode_peak_rss, model_dir, sources, beams, args.threads, keep_freed_memory, bf16)
+            memory = run_isolated(decode_peak_rss, model_dir, sources, beams, args.threads, keep_freed_memory,
+                                  PRECISION[name])
             rows.append([beams, name, result["seconds"], result["tokens"], tps, tps / onmt_tps,
                          bleu(tokenizer, result["outputs"], references), gflops,
-                         percent(gflops / peaks["bf16" if bf16 else "fp32"]), memory])
+                         percent(gflops / peaks[PRECISION[name]]), memory])
             print(f"  {name} beams {beams}: {tps:,.0f} output tok/s", flush=True)
 
     print(f"\n## Decoding test_2016_flickr ({len(sources)} sentences, batch {DECODE_BATCH}, max {MAX_LENGTH} tokens; "
-          f"OpenNMT-py fp32, S2S {args.ours[0]} fp32{' and bf16 weights' if len(variants) > 1 else ''}; models "
+          f"OpenNMT-py fp32, S2S {args.ours[0]} {' / '.join(PRECISION[name] for name in variants)}; models "
           f"after {args.steps} training steps; fastest of {args.decode_repeats} turns each; × OpenNMT-py = output "
           "tok/s ÷ OpenNMT-py's (> 1 is faster); MFU = GFLOP/s ÷ the matmul peak of the row's precision; peak RSS "
           "of a separate fresh process)\n")

@@ -121,11 +121,11 @@ PROGRESS_FILE_NAME = "training_progress.json"
 ACCELERATE_CHECKPOINT_FILES = (CHECKPOINT_CONFIG_NAME, PROGRESS_FILE_NAME)
 #: Per-step training logs (loss, learning_rate, grad_norm, epoch; eval metrics), JSON lines, in output_dir.
 LOG_HISTORY_NAME = "log_history.jsonl"
-#: Config keys that do not describe the model (bookkeeping written by transformers; the fast-paths switch).
+#: Config keys that do not describe the model (bookkeeping written by transformers; the speed switches).
 _IGNORED_CONFIG_KEYS = frozenset(
     {"transformers_version", "_name_or_path", "architectures", "auto_map", "dtype", "torch_dtype", "_commit_hash",
      "_attn_implementation_autoset", "output_attentions", "output_hidden_states", "return_dict", "use_cache",
-     "fast_paths"}
+     "fast_paths", "int8_decoding"}
 )
 #: Config keys a resumed run may change (regularisation only): a warning, not an error.
 _TRAINING_ONLY_CONFIG_KEYS = frozenset({"dropout", "embedding_dropout", "attention_dropout", "label_smoothing"})

@@ -21,7 +21,7 @@ ATTENTION_STYLES = ("luong", "bahdanau")
 #: Fields that must be real `bool`s (no truthy strings or ints: `bidirectional_encoder="False"` is an error).
 BOOL_FIELDS = (
     "share_encoder_decoder_embeddings", "tie_word_embeddings", "bidirectional_encoder", "attention_learnable_scale",
-    "input_feeding", "decoder_self_attention", "use_cache", "fast_paths",
+    "input_feeding", "decoder_self_attention", "use_cache", "fast_paths", "int8_decoding",
 )
 #: Bool fields inherited from `PreTrainedConfig`, where transformers also allows `None` ("use the default").
 OPTIONAL_BOOL_FIELDS = ("return_dict", "output_hidden_states", "output_attentions")
@@ -210,6 +210,11 @@ class S2SConfig(PreTrainedConfig):
             per-length encoder runs on CPU, ...) where they apply; each falls back to the reference math otherwise
             and is tested equal to it. Set False to run the plain reference model (e.g. to check a result or to
             compare speed).
+        int8_decoding (`bool`, defaults to `False`):
+            Decode (no gradients) an fp32 model with int8 matmuls on x86 CPUs: the decoder's per-step matmuls and
+            the output layer through oneDNN's int8 linear op, weights quantised once per output channel, each
+            step's inputs per tensor (dynamic quantisation). An approximation, like decoding with bf16 weights;
+            needs `fast_paths`. Elsewhere (GPU, training, bf16 weights, CPUs without oneDNN) it has no effect.
         is_encoder_decoder (`bool`, defaults to `True`): Must be `True` (the model is an encoder–decoder).
     """
 
@@ -247,6 +252,7 @@ class S2SConfig(PreTrainedConfig):
         decoder_start_token_id: int = 1,
         use_cache: bool = True,
         fast_paths: bool = True,
+        int8_decoding: bool = False,
         is_encoder_decoder: bool = True,
         **kwargs,
     ):
@@ -275,6 +281,7 @@ class S2SConfig(PreTrainedConfig):
         self.decoder_start_token_id = decoder_start_token_id
         self.use_cache = use_cache
         self.fast_paths = fast_paths
+        self.int8_decoding = int8_decoding
         # Check the values before `PreTrainedConfig.__init__` runs its own validators, which fail with unrelated
         # errors on some bad values (e.g. `vocab_size="8000"`); again below, after it set the inherited fields.
         self.pad_token_id, self.bos_token_id, self.eos_token_id = pad_token_id, bos_token_id, eos_token_id

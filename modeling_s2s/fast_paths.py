@@ -14,6 +14,9 @@ the reference (tests/test_fast_paths.py), for any dtype, autocast state and devi
   with the weight gradients of all steps summed in one matmul (`_DeferredWeightGradient`); in decoding the
   reordered weights are reused by later `generate()` calls while the parameters behind them are unchanged.
 - `output_logits`: the output layer through the same reordered weights while decoding.
+- int8 decoding (`config.int8_decoding`, fp32 models on x86 CPUs): the decoder's per-step matmuls and the output
+  layer in int8 through oneDNN's int8 linear op, weights quantised once per output channel, each step's inputs per
+  tensor (dynamic quantisation; an approximation of the fp32 model, like bf16 weights).
 - `span_logits_and_loss`: in training, the output layer only up to each row's last label (padding predicts nothing).
 """
 
@@ -21,7 +24,7 @@ from __future__ import annotations
 
 import functools
 import weakref
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -192,6 +195,67 @@ def onednn_dtype(weight: torch.Tensor) -> torch.dtype | None:
     return None
 
 
+@functools.cache
+def _cpu_has_onednn_int8() -> bool:
+    """An x86 CPU where PyTorch's oneDNN int8 linear ops (the kernels of its x86 int8 compiler path) run and give
+    the right product for int8 inputs (checked once, on a tiny matmul)."""
+    if not (_cpu_has_onednn_matmuls() and hasattr(torch.ops.onednn, "qlinear_pointwise")):
+        return False
+    x, weight = torch.tensor([[1.0, -2.0], [0.5, 4.0]]), torch.tensor([[1.0, 1.0], [-1.0, 2.0], [0.5, 0.0]])
+    try:
+        with torch.no_grad():
+            product = int8_linear(x, quantize_weight(weight), None)
+    except RuntimeError:
+        return False
+    return torch.allclose(product, x @ weight.t(), atol=0.1)
+
+
+def decoding_dtype(weight: torch.Tensor, int8: bool) -> torch.dtype | None:
+    """`onednn_dtype` for decoding (no gradients): torch.int8 instead of fp32 when `int8` (`config.int8_decoding`)
+    is asked for and the CPU has oneDNN's int8 linear ops."""
+    dtype = onednn_dtype(weight)
+    return torch.int8 if int8 and dtype == torch.float32 and _cpu_has_onednn_int8() else dtype
+
+
+def int8_decoding_applies(model: S2SForConditionalGeneration) -> bool:
+    """Whether `config.int8_decoding = True` would make this model decode in int8 here: fast paths on, fp32 weights
+    on a CPU with oneDNN's int8 linear ops."""
+    weight = model.lm_head.weight
+    return bool(model.config.fast_paths) and onednn_dtype(weight) == torch.float32 and _cpu_has_onednn_int8()
+
+
+class Int8Weight(NamedTuple):
+    """A weight W (N, K) as oneDNN's int8 linear takes it: W ≈ scales[:, None] · q, q int8 in oneDNN's layout."""
+
+    packed: torch.Tensor
+    scales: torch.Tensor  # (N,) fp32
+    zero_points: torch.Tensor  # (N,) int64 zeros: symmetric quantisation
+
+
+def quantize_weight(weight: torch.Tensor) -> Int8Weight:
+    """Symmetric int8 per output channel: q = round(W / s), s = max|W_n·| / 127 for each row n."""
+    weight = weight.detach().float()
+    scales = (weight.abs().amax(dim=1) / 127).clamp(min=torch.finfo(torch.float32).tiny)
+    quantized = torch.round(weight / scales[:, None]).to(torch.int8)
+    zero_points = torch.zeros(weight.shape[0], dtype=torch.int64)
+    return Int8Weight(torch.ops.onednn.qlinear_prepack(quantized, None), scales, zero_points)
+
+
+def int8_linear(x: torch.Tensor, weight: Int8Weight, bias: torch.Tensor | None, activation: str = "none"):
+    """y = activation(x Wᵀ + b) with x quantised to int8 per tensor, symmetric (s = max|x| / 127), the product
+    accumulated in int32 and returned in fp32. x: (..., K) fp32 -> (..., N)."""
+    rows = x.reshape(-1, x.shape[-1])
+    scale = (rows.abs().amax() / 127).clamp(min=torch.finfo(torch.float32).tiny)
+    quantized = torch.round(rows / scale).to(torch.int8)
+    if quantized.shape[0] == 1:  # oneDNN rebuilds its one-row int8 kernel for every new input scale (tens of ms)
+        quantized = quantized.repeat(2, 1)
+    output = torch.ops.onednn.qlinear_pointwise.tensor(
+        quantized, scale, torch.zeros((), dtype=torch.int64), weight.packed, weight.scales, weight.zero_points, bias,
+        1.0, 0, torch.float32, activation, [], "",
+    )
+    return output[: rows.shape[0]].reshape(*x.shape[:-1], output.shape[-1])
+
+
 class PackedWeights:
     """Weights reordered once into oneDNN's blocked layout, reused by every step of one decoder call.
 
@@ -202,8 +266,8 @@ class PackedWeights:
     """
 
     def __init__(self, dtype: torch.dtype = torch.float32):
-        self.dtype = dtype  # of the reordered weights, the inputs and the outputs
-        self._reordered: dict[str, torch.Tensor] = {}
+        self.dtype = dtype  # of the reordered weights, the inputs and the outputs (int8: of the weights only)
+        self._reordered: dict[str, torch.Tensor | Int8Weight] = {}
         self._weights: dict[str, tuple[torch.Tensor, torch.Tensor | None]] = {}
         self._pairs: dict[str, list] = {}  # per weight in training: the steps' (output gradient, input) pairs
         self._sources: dict[str, tuple[tuple[torch.Tensor, tuple | None], ...]] = {}  # parameters, fingerprints
@@ -225,8 +289,10 @@ class PackedWeights:
             self._reordered[key] = weight.detach().to(self.dtype)
         return self._reordered[key]
 
-    def reordered(self, name: str, weight: torch.Tensor) -> torch.Tensor:
-        if name not in self._reordered:
+    def reordered(self, name: str, weight: torch.Tensor) -> torch.Tensor | Int8Weight:
+        if name not in self._reordered and self.dtype == torch.int8:
+            self._reordered[name] = quantize_weight(weight)
+        elif name not in self._reordered:
             weight = weight.detach().to(self.dtype).contiguous()
             self._reordered[name] = torch.ops.mkldnn._reorder_linear_weight(weight, None)
         return self._reordered[name]
@@ -254,6 +320,8 @@ class PackedWeights:
         if not needs_grad and self.dtype == torch.float32 and x.numel() <= PLAIN_FP32_ROWS * x.shape[-1]:
             output = F.linear(x, weight, bias)
             return torch.tanh(output) if activation == "tanh" else output
+        if not needs_grad and self.dtype == torch.int8:
+            return int8_linear(x, self.reordered(name, weight), bias, activation)
         if not needs_grad:
             bias = bias.to(self.dtype) if bias is not None else None
             return _onednn_linear(x.to(self.dtype), self.reordered(name, weight), bias, activation)
@@ -312,12 +380,11 @@ def _packed_weights(decoder: S2SDecoder, cache: S2SDecoderCache, positions: int)
     decoding the cache's (reused between generate() calls); with gradients on, new for each call (an optimizer step
     may change the weights before the next one), and only over several positions (reordering costs more than it
     saves on a single one)."""
-    dtype = onednn_dtype(decoder.rnn.weight_ih_l0)
-    if dtype is None:
-        return None
     if torch.is_grad_enabled():
-        return PackedWeights(dtype) if positions > 1 else None
-    return _decoding_weights(decoder, cache, dtype)
+        dtype = onednn_dtype(decoder.rnn.weight_ih_l0)
+        return PackedWeights(dtype) if dtype is not None and positions > 1 else None
+    dtype = decoding_dtype(decoder.rnn.weight_ih_l0, decoder.config.int8_decoding)
+    return _decoding_weights(decoder, cache, dtype) if dtype is not None else None
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -427,7 +494,10 @@ def output_logits(model: S2SForConditionalGeneration, hidden: torch.Tensor, cach
         return None
     packed = _weights_of_cache.get(cache)
     plain_head = type(model.lm_head) is nn.Linear and type(model.output_projection) in (nn.Linear, nn.Identity)
-    if packed is None or not plain_head or onednn_dtype(model.lm_head.weight) != packed.dtype:
+    if (
+        packed is None or not plain_head
+        or decoding_dtype(model.lm_head.weight, model.config.int8_decoding) != packed.dtype
+    ):
         return None
     projected = packed.module("output_projection", hidden, model.output_projection)
     return packed.module("lm_head", projected, model.lm_head)

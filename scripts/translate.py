@@ -25,6 +25,7 @@ from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 import modeling_s2s  # noqa: F401  (registers the Auto classes)
 from modeling_s2s.data import read_text_lines
 from modeling_s2s.evaluation import compute_translation_metrics
+from modeling_s2s.fast_paths import int8_decoding_applies
 from modeling_s2s.inference import (
     DEFAULT_MAX_SOURCE_LENGTH,
     attention_matrix,
@@ -69,6 +70,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--top_p", type=float, default=None)
     parser.add_argument("--seed", type=int, default=0, help="Seed for sampling.")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument(
+        "--int8", action="store_true",
+        help="Decode with int8 matmuls (config.int8_decoding: fp32 models on x86 CPUs; --device cpu).",
+    )
     parser.add_argument("--plot-attention", "--plot_attention", dest="plot_attention", type=int, nargs="*",
                         help="0-based indices of input sentences whose attention heatmaps to write as PNG.")
     parser.add_argument("--plot-dir", "--plot_dir", dest="plot_dir", default="attention_plots")
@@ -109,12 +114,19 @@ def main(argv: list[str] | None = None) -> dict:
     references = read_text_lines(args.references) if args.references else None
     if references is not None and len(references) != len(sources):
         raise SystemExit(f"error: {args.references} has {len(references)} lines but the input has {len(sources)}.")
+    if args.int8 and args.device != "cpu":
+        raise SystemExit(f"error: --int8 decodes on the CPU (oneDNN's int8 matmuls); --device is {args.device!r}.")
     bad_plots = [i for i in args.plot_attention or [] if not 0 <= i < len(sources)]
     if bad_plots:
         raise SystemExit(f"error: --plot-attention index {bad_plots[0]} is outside 0..{len(sources) - 1}.")
     torch.manual_seed(args.seed)
     tokenizer = AutoTokenizer.from_pretrained(args.model)
     model = AutoModelForSeq2SeqLM.from_pretrained(args.model).to(args.device).eval()
+    if args.int8:
+        model.config.int8_decoding = True
+        if not int8_decoding_applies(model):
+            print(f"warning: --int8 does not apply to this model here (it needs fast_paths, fp32 weights (these are "
+                  f"{model.dtype}) and an x86 CPU with oneDNN); decoding without it.", file=sys.stderr)
     kwargs = generation_kwargs(args)
     if args.max_source_length is None:
         max_source_length = default_max_source_length(tokenizer)

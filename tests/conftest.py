@@ -16,7 +16,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from modeling_s2s import S2SConfig, S2SForConditionalGeneration  # noqa: E402
+from modeling_s2s import S2SConfig, S2SForConditionalGeneration, fast_paths  # noqa: E402
 from modeling_s2s.fast_paths import onednn_dtype  # noqa: E402
 
 torch.set_num_threads(1)
@@ -314,4 +314,8 @@ def digit_tokenizer():
 # The oneDNN path of the decoder's matmuls (`PackedWeights`) runs on x86 CPUs with AVX2/AVX-512 only.
 needs_onednn_matmuls = pytest.mark.skipif(
     onednn_dtype(torch.zeros(1)) is None, reason="oneDNN matmuls need an x86 CPU with AVX2 or AVX-512"
+)
+# int8 decoding (`config.int8_decoding`) runs where oneDNN's int8 linear ops do (x86 CPUs).
+needs_onednn_int8 = pytest.mark.skipif(
+    not fast_paths._cpu_has_onednn_int8(), reason="int8 decoding needs oneDNN's int8 linear ops (x86 CPU)"
 )

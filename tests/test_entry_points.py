@@ -17,7 +17,7 @@ from conftest import PAD, build_digit_tokenizer
 from datasets import Dataset
 from transformers import DataCollatorForSeq2Seq, Seq2SeqTrainer, Seq2SeqTrainingArguments, pipeline
 
-from modeling_s2s import S2SConfig, S2SForConditionalGeneration, save_for_pipeline
+from modeling_s2s import S2SConfig, S2SForConditionalGeneration, fast_paths, save_for_pipeline
 
 ROOT = Path(__file__).resolve().parent.parent
 BASE = json.loads((ROOT / "configuration" / "models" / "base.json").read_text())
@@ -70,12 +70,16 @@ def _generate(model, tokenizer, fast: bool, dtype: str, num_beams: int) -> list[
     return tokenizer.batch_decode(output, skip_special_tokens=True)
 
 
-@pytest.mark.parametrize("dtype", ["fp32", "bf16-autocast", "bf16-weights"])
+@pytest.mark.parametrize("dtype", ["fp32", "bf16-autocast", "bf16-weights", "int8"])
 @pytest.mark.parametrize("num_beams", [1, 5])
 def test_generate_at_base_size_gives_the_reference_translations(trained, dtype, num_beams):
+    """Fast paths against the fp32 reference; int8: `config.int8_decoding` (where the CPU has oneDNN int8)."""
     model, tokenizer, _ = trained
     if dtype == "bf16-weights":
         model = copy.deepcopy(model).to(torch.bfloat16)
+    if dtype == "int8":
+        model = copy.deepcopy(model)
+        model.config.int8_decoding = True
     fast = _generate(model, tokenizer, True, dtype, num_beams)
     reference = _generate(model, tokenizer, False, dtype, num_beams)
     _assert_same_translations(fast, reference, exact=dtype == "fp32")
@@ -87,7 +91,8 @@ def _correct(translations: list[str]) -> int:
 
 def _assert_same_translations(fast: list[str], reference: list[str], exact: bool) -> None:
     """fp32: identical. bf16 rounds differently when the order of operations differs (per-length encoder, batch
-    composition), which may flip a near tie: all but one sentence identical, and no sentence less correct."""
+    composition), and int8 approximates the matmuls, which may flip a near tie: all but one sentence identical,
+    and at most one fewer correct."""
     assert len(fast) == len(reference) == len(SOURCES)
     if exact:
         assert fast == reference
@@ -135,6 +140,13 @@ def test_pipeline_at_base_size_gives_the_reference_translations(trained):
     _assert_same_translations(fast, reference, exact=True)
 
 
+def _translate_script():
+    spec = importlib.util.spec_from_file_location("translate_script", ROOT / "scripts" / "translate.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    return script
+
+
 def test_translate_script_at_base_size_gives_the_reference_translations(trained, tmp_path):
     model, tokenizer, directory = trained
     reference_dir = tmp_path / "reference"
@@ -142,9 +154,7 @@ def test_translate_script_at_base_size_gives_the_reference_translations(trained,
     reference_model.config.fast_paths = False
     reference_model.save_pretrained(reference_dir)
     tokenizer.save_pretrained(reference_dir)
-    spec = importlib.util.spec_from_file_location("translate_script", ROOT / "scripts" / "translate.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = _translate_script()
     source_file = tmp_path / "sources.txt"
     source_file.write_text("\n".join(SOURCES) + "\n", encoding="utf-8")
     outputs = {}
@@ -154,3 +164,25 @@ def test_translate_script_at_base_size_gives_the_reference_translations(trained,
                      "--num_beams", "5", "--batch_size", "6"])
         outputs[name] = output.read_text(encoding="utf-8").splitlines()
     _assert_same_translations(outputs["fast"], outputs["reference"], exact=True)
+
+
+def test_translate_script_decodes_in_int8_on_request(trained, tmp_path, capsys, monkeypatch):
+    model, tokenizer, directory = trained
+    script = _translate_script()
+    source_file = tmp_path / "sources.txt"
+    source_file.write_text("\n".join(SOURCES) + "\n", encoding="utf-8")
+    with pytest.raises(SystemExit, match="--int8 decodes on the CPU .*--device is 'cuda'"):
+        script.main(["--model", str(directory), "--input", str(source_file), "--int8", "--device", "cuda"])
+    outputs = {}
+    for name, extra in (("fp32", []), ("int8", ["--int8"])):
+        output = tmp_path / f"{name}.txt"
+        script.main(["--model", str(directory), "--input", str(source_file), "--output", str(output),
+                     "--num_beams", "5", *extra])
+        outputs[name] = output.read_text(encoding="utf-8").splitlines()
+    _assert_same_translations(outputs["int8"], outputs["fp32"], exact=False)
+    applies = fast_paths.int8_decoding_applies(model)
+    assert ("--int8 does not apply" in capsys.readouterr().err) is not applies
+    monkeypatch.setattr(fast_paths, "_cpu_has_onednn_int8", lambda: False)  # a CPU without oneDNN int8
+    script.main(["--model", str(directory), "--input", str(source_file), "--output", str(tmp_path / "x.txt"),
+                 "--int8"])
+    assert "--int8 does not apply to this model here" in capsys.readouterr().err

@@ -16,6 +16,7 @@ from conftest import (
     decoder_vocab,
     grid_id,
     make_model,
+    needs_onednn_int8,
     needs_onednn_matmuls,
     random_ids,
 )
@@ -428,3 +429,95 @@ def test_cpu_encoder_cuts_a_batch_padded_past_its_longest_row():
         reference = encoder(input_ids=ids, attention_mask=mask)
     for name in ("last_hidden_state", "final_hidden", "final_cell"):
         torch.testing.assert_close(getattr(fast, name), getattr(reference, name), atol=ATOL, rtol=0)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# int8 decoding (config.int8_decoding)
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@needs_onednn_int8
+@pytest.mark.parametrize("rows", [1, 2, 37])
+@pytest.mark.parametrize("activation", ["none", "tanh"])
+def test_int8_linear_is_the_fp32_matmul_to_int8_precision(rows, activation):
+    generator = torch.Generator().manual_seed(rows)
+    weight = torch.randn(300, 96, generator=generator) * 0.1
+    bias = torch.randn(300, generator=generator)
+    x = torch.randn(rows, 96, generator=generator)
+    linear = torch.nn.functional.linear(x, weight, bias)
+    expected = torch.tanh(linear) if activation == "tanh" else linear
+    quantized = fast_paths.quantize_weight(weight)
+    assert quantized.scales.shape == (300,)
+    output = fast_paths.int8_linear(x, quantized, bias, activation)
+    assert output.shape == expected.shape and output.dtype == torch.float32
+    assert not torch.equal(output, expected)  # really int8 ...
+    error = (output - expected).abs().max() / linear.abs().max()  # tanh shrinks differences
+    assert error < 0.03, error  # ... within int8's resolution (1/127 of the largest input and weight)
+    # a row gives the same result alone as in a batch of the same row (one-row inputs take a two-row kernel)
+    twice = fast_paths.int8_linear(x[:1].expand(2, -1), quantized, bias, activation)
+    torch.testing.assert_close(fast_paths.int8_linear(x[:1], quantized, bias, activation), twice[:1])
+    # all-zero inputs give the bias (no division by a zero scale)
+    zeros = fast_paths.int8_linear(torch.zeros(rows, 96), quantized, bias)
+    torch.testing.assert_close(zeros, bias.expand(rows, -1))
+
+
+def _int8_and_fp32_scores(monkeypatch, model, ids, mask, num_beams):
+    model.config.int8_decoding = True
+    int8, caches = _generate_capturing_caches(monkeypatch, model, ids, mask, num_beams=num_beams)
+    model.config.int8_decoding = False
+    fp32, _ = _generate_capturing_caches(monkeypatch, model, ids, mask, num_beams=num_beams)
+    return int8, fp32, fast_paths._weights_of_cache.get(caches[0])
+
+
+@needs_onednn_int8
+@pytest.mark.parametrize("options", [GRID[0], GRID[3], GRID[5], GRID[15]], ids=grid_id)
+@pytest.mark.parametrize("num_beams", [1, 3])
+def test_int8_decoding_quantises_the_decoder_and_output_layer_and_stays_close_to_fp32(
+    monkeypatch, options, num_beams
+):
+    model = make_model(**options)
+    ids, mask = random_ids(SOURCE_LENGTHS)
+    used = []
+    original = fast_paths.int8_linear
+    monkeypatch.setattr(fast_paths, "int8_linear", lambda x, weight, *a: used.append(weight) or original(x, weight, *a))
+    int8, fp32, weights = _int8_and_fp32_scores(monkeypatch, model, ids, mask, num_beams)
+    assert weights is not None and weights.dtype == torch.int8
+    assert {"combine", "lm_head"} <= set(weights._weights) and used
+    assert all(isinstance(weight, fast_paths.Int8Weight) for weight in weights._reordered.values())
+    first_int8, first_fp32 = int8.scores[0], fp32.scores[0]  # the same prefix in both: comparable scores
+    assert not torch.equal(first_int8, first_fp32)
+    finite = first_fp32.isfinite()
+    similarity = torch.nn.functional.cosine_similarity(first_int8[finite], first_fp32[finite], dim=0)
+    assert similarity > 0.999, similarity
+
+
+@needs_onednn_int8
+def test_int8_decoding_falls_back_to_the_weights_precision_where_it_does_not_apply(monkeypatch):
+    """No oneDNN int8 on this CPU, bf16 weights, fast paths off, or training: int8_decoding changes nothing."""
+    model = make_model(**GRID[0], **NO_DROPOUT)
+    ids, mask = random_ids(SOURCE_LENGTHS)
+    assert fast_paths.int8_decoding_applies(model)
+    with monkeypatch.context() as patch:
+        patch.setattr(fast_paths, "_cpu_has_onednn_int8", lambda: False)
+        assert not fast_paths.int8_decoding_applies(model)
+        int8, fp32, weights = _int8_and_fp32_scores(monkeypatch, model, ids, mask, 1)
+    assert weights.dtype == torch.float32
+    assert torch.equal(int8.sequences, fp32.sequences)
+    for int8_scores, fp32_scores in zip(int8.scores, fp32.scores, strict=True):
+        assert torch.equal(int8_scores, fp32_scores)
+    model.config.fast_paths = False
+    assert not fast_paths.int8_decoding_applies(model)
+    int8, fp32, weights = _int8_and_fp32_scores(monkeypatch, model, ids, mask, 1)
+    assert weights is None and all(torch.equal(a, b) for a, b in zip(int8.scores, fp32.scores, strict=True))
+    model.config.fast_paths = True
+    bf16_model = copy.deepcopy(model).to(torch.bfloat16)
+    assert not fast_paths.int8_decoding_applies(bf16_model)
+    _, _, weights = _int8_and_fp32_scores(monkeypatch, bf16_model, ids, mask, 1)
+    assert weights is None or weights.dtype == torch.bfloat16
+    labels = _labels(model)
+    model.config.int8_decoding = True
+    int8_loss, _, int8_gradients = _loss_and_gradients(model, ids, mask, labels, fast=True)
+    model.config.int8_decoding = False
+    loss, _, gradients = _loss_and_gradients(model, ids, mask, labels, fast=True)
+    assert torch.equal(int8_loss, loss)
+    _assert_same_gradients(int8_gradients, gradients, atol=0, rtol=0)
