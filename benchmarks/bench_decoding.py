@@ -11,9 +11,9 @@ Measured side by side in one run:
   sentence sharing one copy of its source); `--fast-paths-only` leaves it out;
 - the naive reference (benchmarks/reference_model.py, a tutorial-style greedy loop with the same weights)
   greedy at the same batch sizes, with the agreement of its translations with generate()'s;
-- dynamic int8 quantisation (`torch.ao.quantization.quantize_dynamic`) of every `nn.Linear` and of the encoder's
-  and decoder's `nn.LSTM`/`nn.GRU` (a quantised decoder RNN is stepped as a module), with BLEU before/after when
-  the model is trained;
+- int8 decoding (`config.int8_decoding = True`: the decoder's per-step matmuls and the output layer through
+  oneDNN's int8 linear op), with BLEU before/after when the model is trained (`--no-quantize` leaves it out;
+  left out where the CPU has no oneDNN int8);
 - bf16 (`--bf16`): a copy of the model with its weights cast to bfloat16 (`model.to(torch.bfloat16)`; on CPUs
   with AVX-512 BF16 or AMX the matmuls run at about twice the fp32 rate), with BLEU before/after;
 - optionally (`--compile`) `torch.compile` of the decoder module;
@@ -47,7 +47,6 @@ import copy
 import math
 import statistics
 import time
-import warnings
 from typing import Any
 
 import torch
@@ -73,20 +72,18 @@ from _common import (
 from reference_model import ReferenceSeq2Seq
 from torch import nn
 
+from modeling_s2s.fast_paths import int8_decoding_applies
+
 OFF = f"generate() fp32, {FAST_PATHS_OFF}"
 
 # Published anchor figures on a 2-core CPU (2 threads, base shape, batch 64, output tokens/s); not measured here.
 ANCHORS = {"OpenNMT-py 3.5.1": {1: 7200.0, 5: 2100.0}, "JoeyNMT 2.3.0": {1: 2650.0, 5: 650.0}}
 
 
-def quantize(model: nn.Module) -> nn.Module:
-    """Dynamic int8 copy: encoder and decoder RNNs and every nn.Linear (bridge, attention, combine, lm_head)."""
-    from torch.ao.quantization import quantize_dynamic
-
+def int8_copy(model: nn.Module) -> nn.Module:
+    """A copy that decodes in int8 (`config.int8_decoding`)."""
     quantized = copy.deepcopy(model)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        quantize_dynamic(quantized, {nn.LSTM, nn.GRU, nn.Linear}, dtype=torch.qint8, inplace=True)
+    quantized.config.int8_decoding = True
     return quantized
 
 
@@ -263,8 +260,8 @@ def main() -> None:
     variants: dict[str, tuple[nn.Module, bool]] = {"generate() fp32": (model, True)}
     if not args.fast_paths_only:
         variants[OFF] = (model, False)
-    if not args.no_quantize:
-        variants["generate() int8"] = (quantize(model), True)
+    if not args.no_quantize and int8_decoding_applies(model):
+        variants["generate() int8"] = (int8_copy(model), True)
     if args.bf16:
         variants["generate() bf16"] = (copy.deepcopy(model).to(torch.bfloat16), True)
     if args.compile:

@@ -224,6 +224,9 @@ def int8_decoding_applies(model: S2SForConditionalGeneration) -> bool:
     return bool(model.config.fast_paths) and onednn_dtype(weight) == torch.float32 and _cpu_has_onednn_int8()
 
 
+_ZERO_POINT = torch.zeros((), dtype=torch.int64)  # of the int8 inputs: symmetric quantisation
+
+
 class Int8Weight(NamedTuple):
     """A weight W (N, K) as oneDNN's int8 linear takes it: W ≈ scales[:, None] · q, q int8 in oneDNN's layout."""
 
@@ -245,13 +248,14 @@ def int8_linear(x: torch.Tensor, weight: Int8Weight, bias: torch.Tensor | None, 
     """y = activation(x Wᵀ + b) with x quantised to int8 per tensor, symmetric (s = max|x| / 127), the product
     accumulated in int32 and returned in fp32. x: (..., K) fp32 -> (..., N)."""
     rows = x.reshape(-1, x.shape[-1])
-    scale = (rows.abs().amax() / 127).clamp(min=torch.finfo(torch.float32).tiny)
-    quantized = torch.round(rows / scale).to(torch.int8)
+    low, high = rows.aminmax()
+    scale = torch.maximum(high, low.neg()).clamp_(min=torch.finfo(torch.float32).tiny).div_(127)
+    quantized = rows.div(scale).round_().to(torch.int8)
     if quantized.shape[0] == 1:  # oneDNN rebuilds its one-row int8 kernel for every new input scale (tens of ms)
-        quantized = quantized.repeat(2, 1)
+        quantized = quantized.expand(2, -1).contiguous()
     output = torch.ops.onednn.qlinear_pointwise.tensor(
-        quantized, scale, torch.zeros((), dtype=torch.int64), weight.packed, weight.scales, weight.zero_points, bias,
-        1.0, 0, torch.float32, activation, [], "",
+        quantized, scale, _ZERO_POINT, weight.packed, weight.scales, weight.zero_points, bias, 1.0, 0, torch.float32,
+        activation, [], "",
     )
     return output[: rows.shape[0]].reshape(*x.shape[:-1], output.shape[-1])
 

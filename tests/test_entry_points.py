@@ -140,6 +140,17 @@ def test_pipeline_at_base_size_gives_the_reference_translations(trained):
     _assert_same_translations(fast, reference, exact=True)
 
 
+def test_pipeline_decodes_in_int8_when_asked_through_model_kwargs(trained):
+    _, _, directory = trained
+    translator = pipeline("translation", model=str(directory), trust_remote_code=True,
+                          model_kwargs={"int8_decoding": True})
+    assert translator.model.config.int8_decoding is True
+    int8 = [out["translation_text"] for out in translator(SOURCES, num_beams=5)]
+    translator.model.config.int8_decoding = False
+    fp32 = [out["translation_text"] for out in translator(SOURCES, num_beams=5)]
+    _assert_same_translations(int8, fp32, exact=False)
+
+
 def _translate_script():
     spec = importlib.util.spec_from_file_location("translate_script", ROOT / "scripts" / "translate.py")
     script = importlib.util.module_from_spec(spec)
