@@ -215,7 +215,7 @@ def main() -> None:
     parser.add_argument("--no-reference", action="store_true", help="leave out the naive reference model")
     parser.add_argument("--fast-paths-only", action="store_true",
                         help=f"leave out generate() with config.fast_paths=False ('fp32, {FAST_PATHS_OFF}')")
-    parser.add_argument("--no-quantize", action="store_true")
+    parser.add_argument("--no-quantize", action="store_true", help="leave out int8 decoding (config.int8_decoding)")
     parser.add_argument("--compile", action="store_true", help="also try torch.compile of the decoder")
     parser.add_argument("--bf16", action="store_true", help="also decode with the weights cast to bfloat16")
     parser.add_argument("--profile", action="store_true",
