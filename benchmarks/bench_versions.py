@@ -5,7 +5,8 @@ compared on one machine (run it alternately with each on PYTHONPATH; a git workt
   presets, fp32 and CPU bf16 autocast, AdamW;
 - decoding: `generate()` output tokens/s, greedy and beam 5, batch 64 over 192 test sentences, and the median ms per
   sentence at batch 1 over 12 sentences; an untrained base model with `max_new_tokens=15` (it never ends early);
-  then batch 64 again with the model's weights in bf16 (`model.to(torch.bfloat16)`).
+  then batch 64 again with int8 decoding (`config.int8_decoding`, in versions that have it) and with the model's
+  weights in bf16 (`model.to(torch.bfloat16)`).
 
 `--reference` runs the same measurements with `config.fast_paths=False` (the reference model and transformers' own
 generation loops), for the fast paths' speed-up on this machine.
@@ -114,6 +115,11 @@ def measure_versions(tokenizer, batches, test: list[str]) -> dict[str, float]:
             min(timed(lambda s=s, k=beams: generate(model, tokenizer, [s], k)) for _ in range(3)) for s in test[:12]
         )
         results[f"decode beam{beams} b1 ms/sentence"] = round(1000 * latencies[len(latencies) // 2], 1)
+    if "int8_decoding" in S2SConfig().to_dict():  # versions that have int8 decoding
+        model.config.int8_decoding = True
+        for beams in (1, 5):
+            results[f"decode int8 beam{beams} b64 tok/s"] = round(batch64_tokens_per_second(model, tokenizer, test, beams))
+        model.config.int8_decoding = False
     model = model.to(torch.bfloat16)
     for beams in (1, 5):
         results[f"decode bf16 weights beam{beams} b64 tok/s"] = round(
