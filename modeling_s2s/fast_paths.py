@@ -244,7 +244,9 @@ def quantize_weight(weight: torch.Tensor) -> Int8Weight:
     return Int8Weight(torch.ops.onednn.qlinear_prepack(quantized, None), scales, zero_points)
 
 
-def int8_linear(x: torch.Tensor, weight: Int8Weight, bias: torch.Tensor | None, activation: str = "none"):
+def int8_linear(
+    x: torch.Tensor, weight: Int8Weight, bias: torch.Tensor | None, activation: str = "none"
+) -> torch.Tensor:
     """y = activation(x Wᵀ + b) with x quantised to int8 per tensor, symmetric (s = max|x| / 127), the product
     accumulated in int32 and returned in fp32. x: (..., K) fp32 -> (..., N)."""
     rows = x.reshape(-1, x.shape[-1])
