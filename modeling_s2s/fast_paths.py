@@ -220,8 +220,7 @@ def decoding_dtype(weight: torch.Tensor, int8: bool) -> torch.dtype | None:
 def int8_decoding_applies(model: S2SForConditionalGeneration) -> bool:
     """Whether `config.int8_decoding = True` would make this model decode in int8 here: fast paths on, fp32 weights
     on a CPU with oneDNN's int8 linear ops."""
-    weight = model.lm_head.weight
-    return bool(model.config.fast_paths) and onednn_dtype(weight) == torch.float32 and _cpu_has_onednn_int8()
+    return bool(model.config.fast_paths) and decoding_dtype(model.lm_head.weight, int8=True) == torch.int8
 
 
 _ZERO_POINT = torch.zeros((), dtype=torch.int64)  # of the int8 inputs: symmetric quantisation

@@ -81,8 +81,16 @@ def test_generate_at_base_size_gives_the_reference_translations(trained, dtype, 
         model = copy.deepcopy(model)
         model.config.int8_decoding = True
     fast = _generate(model, tokenizer, True, dtype, num_beams)
+    if dtype == "int8":
+        assert _decoded_in_int8(model) == fast_paths.int8_decoding_applies(model)
     reference = _generate(model, tokenizer, False, dtype, num_beams)
     _assert_same_translations(fast, reference, exact=dtype == "fp32")
+
+
+def _decoded_in_int8(model) -> bool:
+    """Whether the decoder's last generate() call ran its matmuls through int8 weights."""
+    packed = fast_paths._weights_of_decoder.get(model.get_decoder())
+    return packed is not None and packed.dtype == torch.int8
 
 
 def _correct(translations: list[str]) -> int:
@@ -146,6 +154,7 @@ def test_pipeline_decodes_in_int8_when_asked_through_model_kwargs(trained):
                           model_kwargs={"int8_decoding": True})
     assert translator.model.config.int8_decoding is True
     int8 = [out["translation_text"] for out in translator(SOURCES, num_beams=5)]
+    assert _decoded_in_int8(translator.model) == fast_paths.int8_decoding_applies(translator.model)
     translator.model.config.int8_decoding = False
     fp32 = [out["translation_text"] for out in translator(SOURCES, num_beams=5)]
     _assert_same_translations(int8, fp32, exact=False)
@@ -184,14 +193,18 @@ def test_translate_script_decodes_in_int8_on_request(trained, tmp_path, capsys, 
     source_file.write_text("\n".join(SOURCES) + "\n", encoding="utf-8")
     with pytest.raises(SystemExit, match="--int8 decodes on the CPU .*--device is 'cuda'"):
         script.main(["--model", str(directory), "--input", str(source_file), "--int8", "--device", "cuda"])
-    outputs = {}
+    outputs, int8_calls = {}, []
+    original = fast_paths.int8_linear
+    monkeypatch.setattr(fast_paths, "int8_linear", lambda *a: int8_calls.append(1) or original(*a))
     for name, extra in (("fp32", []), ("int8", ["--int8"])):
         output = tmp_path / f"{name}.txt"
+        int8_calls.clear()
         script.main(["--model", str(directory), "--input", str(source_file), "--output", str(output),
                      "--num_beams", "5", *extra])
         outputs[name] = output.read_text(encoding="utf-8").splitlines()
-    _assert_same_translations(outputs["int8"], outputs["fp32"], exact=False)
     applies = fast_paths.int8_decoding_applies(model)
+    assert bool(int8_calls) == applies  # the --int8 run (the last) decoded in int8 where it applies
+    _assert_same_translations(outputs["int8"], outputs["fp32"], exact=False)
     assert ("--int8 does not apply" in capsys.readouterr().err) is not applies
     monkeypatch.setattr(fast_paths, "_cpu_has_onednn_int8", lambda: False)  # a CPU without oneDNN int8
     script.main(["--model", str(directory), "--input", str(source_file), "--output", str(tmp_path / "x.txt"),
