@@ -17,18 +17,20 @@ Measured side by side in one run:
 - bf16 (`--bf16`): a copy of the model with its weights cast to bfloat16 (`model.to(torch.bfloat16)`; on CPUs
   with AVX-512 BF16 or AMX the matmuls run at about twice the fp32 rate), with BLEU before/after;
 - optionally (`--compile`) `torch.compile` of the decoder module;
+- optionally (`--plain-weights`) fp32 decoding with the fast paths but plain weights (`F.linear`, as PyTorch's
+  BLAS routines take them) instead of weights reordered once for oneDNN: what the reordering buys on this CPU;
 - greedy through a hand-written loop over the same model that drops finished rows from the batch and the cache
   (`shrinking_greedy` of bench_generate_overhead.py, as OpenNMT-py translates).
 
-Output tokens are the tokens of the returned translation up to and including `</s>` (no start token, no
-padding). Every decoder of a setting runs on one batch before the next batch is taken (alternating, so a slow
-stretch of a shared machine hits all of them alike). The last table gives the speed-up of the fast paths over
-`fast_paths=False` per setting. Memory: peak RSS above the RSS before, over a separate run of the longest batch,
-in this process (allocator reuse makes it a lower bound). With `--model_dir` (a trained model directory with its
-tokenizer, e.g. written by scripts/train.py) translations have their natural lengths and BLEU is reported;
-without it an untrained base model is used and `max_new_tokens=--untrained-length` (15, the mean reference
-length in tokens): a random model almost never predicts `</s>`, so outputs run to that length (the "tokens"
-column counts what was really generated) and the work per sentence is comparable to a trained model's, but
+Output tokens are the tokens of the returned translation up to and including `</s>` (no start token, no padding).
+Every decoder of a setting runs on one batch before the next batch is taken, in an order rotating from batch to
+batch (so a slow stretch of a shared machine hits all of them alike). The last table gives the speed-up of the fast
+paths over `fast_paths=False` per setting. Memory: peak RSS above the RSS before, over a separate run of the
+longest batch, in this process (allocator reuse makes it a lower bound). With `--model_dir` (a trained model
+directory with its tokenizer, e.g. written by scripts/train.py) translations have their natural lengths and BLEU is
+reported; without it an untrained base model is used and `max_new_tokens=--untrained-length` (15, the mean
+reference length in tokens): a random model almost never predicts `</s>`, so outputs run to that length (the
+"tokens" column counts what was really generated) and the work per sentence is comparable to a trained model's, but
 beam search never stops early (and finished rows rarely leave the batch).
 
 `--join N` joins every N consecutive test sentences (sources and references) into one: long inputs, as in
@@ -43,9 +45,11 @@ summarisation, where the attention over the source is a large part of each step.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import math
 import statistics
+import sys
 import time
 from typing import Any
 
@@ -72,9 +76,11 @@ from _common import (
 from reference_model import ReferenceSeq2Seq
 from torch import nn
 
+from modeling_s2s import fast_paths as fast_paths_module
 from modeling_s2s.fast_paths import int8_decoding_applies
 
 OFF = f"generate() fp32, {FAST_PATHS_OFF}"
+PLAIN = "generate() fp32, plain weights"
 
 # Published anchor figures on a 2-core CPU (2 threads, base shape, batch 64, output tokens/s); not measured here.
 ANCHORS = {"OpenNMT-py 3.5.1": {1: 7200.0, 5: 2100.0}, "JoeyNMT 2.3.0": {1: 2650.0, 5: 650.0}}
@@ -85,6 +91,18 @@ def int8_copy(model: nn.Module) -> nn.Module:
     quantized = copy.deepcopy(model)
     quantized.config.int8_decoding = True
     return quantized
+
+
+@contextlib.contextmanager
+def plain_fp32_weights():
+    """fp32 decoding matmuls with the plain weights at every row count (the fast paths reorder the weights for
+    oneDNN above `PLAIN_FP32_ROWS` rows)."""
+    saved = fast_paths_module.PLAIN_FP32_ROWS
+    fast_paths_module.PLAIN_FP32_ROWS = sys.maxsize
+    try:
+        yield
+    finally:
+        fast_paths_module.PLAIN_FP32_ROWS = saved
 
 
 def join_sentences(texts: list[str], n: int) -> list[str]:
@@ -114,9 +132,9 @@ class Runner:
 
     def run_alternating(self, fns: dict[str, Any], batches, n_sentences: int) -> dict[str, dict[str, Any]]:
         """Time every fn(input_ids, mask) -> (B, n) generated ids (start token first) over `batches`, all of them
-        on one batch before the next batch, so a slow stretch of a shared machine hits every fn alike. Untimed
-        warm-up on the first batch (a fn that fails there is reported and left out). Memory: peak RSS above the
-        RSS before, in a separate untimed run of the longest batch per fn."""
+        on one batch before the next batch, in an order rotating from batch to batch, so a slow stretch of a shared
+        machine hits every fn alike. Untimed warm-up on the first batch (a fn that fails there is reported and left
+        out). Memory: peak RSS above the RSS before, in a separate untimed run of the longest batch per fn."""
         working = {}
         for name, fn in fns.items():
             try:
@@ -127,8 +145,11 @@ class Runner:
         outputs = {name: [[] for _ in range(n_sentences)] for name in working}
         tokens = dict.fromkeys(working, 0)
         latencies: dict[str, list[float]] = {name: [] for name in working}
-        for index, input_ids, mask in batches:
-            for name, fn in working.items():
+        names = list(working)
+        for position, (index, input_ids, mask) in enumerate(batches):
+            turn = position % len(names)  # who goes first rotates: no decoder always follows the same one
+            for name in names[turn:] + names[:turn]:
+                fn = working[name]
                 start = time.perf_counter()
                 generated = fn(input_ids, mask)
                 latencies[name].append(time.perf_counter() - start)
@@ -218,6 +239,8 @@ def main() -> None:
     parser.add_argument("--no-quantize", action="store_true", help="leave out int8 decoding (config.int8_decoding)")
     parser.add_argument("--compile", action="store_true", help="also try torch.compile of the decoder")
     parser.add_argument("--bf16", action="store_true", help="also decode with the weights cast to bfloat16")
+    parser.add_argument("--plain-weights", action="store_true",
+                        help="also decode in fp32 with plain instead of oneDNN-reordered weights")
     parser.add_argument("--profile", action="store_true",
                         help="profile every variant over the batch-64 run: its float matmul GFLOP/s against the "
                              "matmul peak measured here, and the profiler's op table")
@@ -278,6 +301,13 @@ def main() -> None:
         fns = {}
         for name, (variant, fast) in variants.items():
             fns[name] = lambda ids, mask, v=variant, f=fast, beams=beams: runner.generate(v, ids, mask, beams, f)
+        if args.plain_weights:
+
+            def plain_fn(ids, mask, beams=beams):
+                with plain_fp32_weights():
+                    return runner.generate(model, ids, mask, beams)
+
+            fns[PLAIN] = plain_fn
         if beams == 1:
             from bench_generate_overhead import shrinking_greedy
 
@@ -296,7 +326,7 @@ def main() -> None:
         results.update({
             (name, batch_size, beams): result for name, result in runner.run_alternating(fns, batches, n).items()
         })
-        for name in [*variants, "loop dropping finished", "naive reference"]:
+        for name in [*variants, PLAIN, "loop dropping finished", "naive reference"]:
             result = results.get((name, batch_size, beams))
             if result is None:
                 continue
