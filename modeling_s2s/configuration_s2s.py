@@ -213,7 +213,7 @@ class S2SConfig(PreTrainedConfig):
         int8_decoding (`bool`, defaults to `False`):
             Decode (no gradients) an fp32 model with int8 matmuls on x86 CPUs: the decoder's per-step matmuls and
             the output layer through oneDNN's int8 linear op, weights quantised once per output channel, each
-            step's inputs per tensor (dynamic quantisation). An approximation, like decoding with bf16 weights;
+            step's inputs per row (dynamic quantisation). An approximation, like decoding with bf16 weights;
             needs `fast_paths`. Elsewhere (GPU, training, bf16 weights, CPUs without oneDNN) it has no effect.
         is_encoder_decoder (`bool`, defaults to `True`): Must be `True` (the model is an encoder–decoder).
     """

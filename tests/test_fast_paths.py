@@ -453,9 +453,11 @@ def test_int8_linear_is_the_fp32_matmul_to_int8_precision(rows, activation):
     assert not torch.equal(output, expected)  # really int8 ...
     error = (output - expected).abs().max() / linear.abs().max()  # tanh shrinks differences
     assert error < 0.03, error  # ... within int8's resolution (1/127 of the largest input and weight)
-    # a row gives the same result alone as in a batch of the same row (one-row inputs take a two-row kernel)
-    twice = fast_paths.int8_linear(x[:1].expand(2, -1), quantized, bias, activation)
-    torch.testing.assert_close(fast_paths.int8_linear(x[:1], quantized, bias, activation), twice[:1])
+    # a row's result does not depend on the other rows (each row has its own input scale), even beside a row a
+    # hundred times larger: a sentence decodes the same alone as in any batch
+    beside_a_larger_row = torch.cat([x[:1], 100 * x[-1:]])
+    in_a_batch = fast_paths.int8_linear(beside_a_larger_row, quantized, bias, activation)[:1]
+    torch.testing.assert_close(fast_paths.int8_linear(x[:1], quantized, bias, activation), in_a_batch)
     # all-zero inputs give the bias (no division by a zero scale)
     zeros = fast_paths.int8_linear(torch.zeros(rows, 96), quantized, bias)
     torch.testing.assert_close(zeros, bias.expand(rows, -1))
@@ -489,6 +491,22 @@ def test_int8_decoding_quantises_the_decoder_and_output_layer_and_stays_close_to
     finite = first_fp32.isfinite()
     similarity = torch.nn.functional.cosine_similarity(first_int8[finite], first_fp32[finite], dim=0)
     assert similarity > 0.999, similarity
+
+
+@needs_onednn_int8
+@pytest.mark.parametrize("num_beams", [1, 3])
+def test_int8_decoding_of_a_sentence_does_not_depend_on_its_batch(num_beams):
+    """Each row's inputs have their own int8 scale: every sentence's scores alone are those of its rows in the
+    batch, up to float rounding (a scale per batch would quantise them differently)."""
+    model = make_model(**GRID[0], **NO_DROPOUT)
+    model.config.int8_decoding = True
+    ids, mask = random_ids(SOURCE_LENGTHS)
+    batch = _generate(model, ids, mask, num_beams=num_beams, output_scores=True, return_dict_in_generate=True)
+    for row, length in enumerate(mask.sum(dim=1).tolist()):
+        alone = _generate(model, ids[row : row + 1, :length], mask[row : row + 1, :length], num_beams=num_beams,
+                          output_scores=True, return_dict_in_generate=True)
+        rows = slice(row * num_beams, (row + 1) * num_beams)
+        torch.testing.assert_close(alone.scores[0], batch.scores[0][rows], atol=1e-4, rtol=1e-4)
 
 
 @needs_onednn_int8
