@@ -246,7 +246,7 @@ def int8_linear(
     """y = activation(x Wᵀ + b) with each row of x quantised to int8 with its own scale, symmetric (s_i = max|x_i·|
     / 127), the product accumulated in int32 and returned in fp32. x: (..., K) fp32 -> (..., N).
 
-    Per-row scales keep a row's result independent of the other rows of the batch (a sentence's translation does
+    Per-row scales keep a row's result independent of the other rows of the batch (a sentence's int8 matmuls do
     not depend on the sentences decoded with it). oneDNN's op takes one input scale, so it runs with scale 1 and
     the rows are scaled afterwards."""
     rows = x.reshape(-1, x.shape[-1])

@@ -454,7 +454,7 @@ def test_int8_linear_is_the_fp32_matmul_to_int8_precision(rows, activation):
     error = (output - expected).abs().max() / linear.abs().max()  # tanh shrinks differences
     assert error < 0.03, error  # ... within int8's resolution (1/127 of the largest input and weight)
     # a row's result does not depend on the other rows (each row has its own input scale), even beside a row a
-    # hundred times larger: a sentence decodes the same alone as in any batch
+    # hundred times larger; alone, it goes through the two-row kernel
     beside_a_larger_row = torch.cat([x[:1], 100 * x[-1:]])
     in_a_batch = fast_paths.int8_linear(beside_a_larger_row, quantized, bias, activation)[:1]
     torch.testing.assert_close(fast_paths.int8_linear(x[:1], quantized, bias, activation), in_a_batch)
