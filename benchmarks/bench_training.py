@@ -162,7 +162,8 @@ def main() -> None:
     parser.add_argument("--no-memory", action="store_true", help="skip the per-preset peak-memory subprocesses")
     parser.add_argument("--memory-steps", type=int, default=2)
     parser.add_argument("--peak-seconds", type=float, default=2.0, help="duration of the matmul peak measurement")
-    parser.add_argument("--profile", action="store_true", help="print a torch.profiler table of one S2S step")
+    parser.add_argument("--profile", action="store_true",
+                        help="print a torch.profiler table of one S2S step (and of one bf16 step with --bf16)")
     parser.add_argument("--seed", type=int, default=0, help="batch order")
     parser.add_argument("--length-grouping", default="source", choices=("source", "target"),
                         help="batch sort key, as the trainer's --length_grouping")
@@ -237,8 +238,11 @@ def main() -> None:
                 f"{100 * flops / s / 1e9 / (bf16_peak if name == 's2s bf16' else peak):.1f}%",
             ])
         print(f"{preset}: " + ", ".join(f"{n} {tokens / s:,.0f} tok/s" for n, s in seconds.items()), flush=True)
-        if args.profile:
-            profile_step(implementations["s2s"], timed[0])
+        if args.profile:  # on a batch every implementation has run: bf16 kernels for its shapes are built
+            for name in ("s2s", "s2s bf16"):
+                if name in implementations:
+                    print(f"\n### Profiler ops of one step: {preset}, {name}\n")
+                    profile_step(implementations[name], timed[0])
         del model, reference, implementations
         if not args.no_memory:
             few = timed[: args.memory_steps]
