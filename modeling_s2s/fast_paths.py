@@ -249,6 +249,8 @@ def int8_linear(
     Per-row scales keep a row's result independent of the other rows of the batch (a sentence's int8 matmuls do
     not depend on the sentences decoded with it). oneDNN's op takes one input scale, so it runs with scale 1 and
     the rows are scaled afterwards."""
+    if activation not in ("none", "tanh"):
+        raise ValueError(f"int8_linear: activation {activation!r} is not one of 'none', 'tanh'.")
     rows = x.reshape(-1, x.shape[-1])
     scales = rows.abs().amax(dim=1, keepdim=True).clamp_(min=torch.finfo(torch.float32).tiny).div_(127)  # (M, 1)
     quantized = rows.div(scales).round_().to(torch.int8)

@@ -461,6 +461,8 @@ def test_int8_linear_is_the_fp32_matmul_to_int8_precision(rows, activation):
     # all-zero inputs give the bias (no division by a zero scale)
     zeros = fast_paths.int8_linear(torch.zeros(rows, 96), quantized, bias)
     torch.testing.assert_close(zeros, bias.expand(rows, -1))
+    with pytest.raises(ValueError, match="activation 'relu' is not one of 'none', 'tanh'"):
+        fast_paths.int8_linear(x, quantized, bias, "relu")
 
 
 def _int8_and_fp32_scores(monkeypatch, model, ids, mask, num_beams):
